@@ -1,0 +1,3 @@
+from obliviate.cli import main
+
+raise SystemExit(main())

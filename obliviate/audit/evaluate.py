@@ -1,0 +1,119 @@
+"""Evaluating one model the SemEval-2025 Task 4 way: generations, scores, MIA, utility, collapse gate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from obliviate.audit.lume import Generation, aggregate_score, lume_results, score_split
+from obliviate.data.records import Document, Probe
+
+COLLAPSE_RATIO = 0.75  # SemEval-2025 Task 4: MMLU must stay above 75% of the original model's
+
+
+@dataclass
+class EvaluationData:
+    forget: list[Probe]
+    retain: list[Probe]
+    members: list[Document] | None = None
+    nonmembers: list[Document] | None = None
+    utility: list[Probe] | None = None  # a LUME-format utility set (the micro benchmark's)
+    mmlu_dir: Path | None = None
+    mmlu_shots: int = 5
+    mmlu_limit: int | None = None
+    mmlu_subjects: list[str] | None = field(default=None)
+
+
+def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 256, batch_size: int = 16,
+             desc: str = "") -> dict:
+    """``evaluation_results.json`` content for one model: official keys, utility, generations, losses."""
+    from obliviate.audit.generation import generate
+    from obliviate.audit.likelihood import document_losses
+    from obliviate.audit.utility import mmlu_accuracy, utility_set_score
+
+    started = time.time()
+    label = f"{desc}: " if desc else ""
+    sets = {"forget": data.forget, "retain": data.retain}
+    if data.utility and data.mmlu_dir is None:
+        sets["utility"] = data.utility
+    probes = [p for name in sets for p in sets[name]]
+    outputs = generate(model, tokenizer, [p.input for p in probes], max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, desc=f"{label}generating")
+    generations: dict[str, list[Generation]] = {}
+    position = 0
+    for name, members in sets.items():
+        generations[name] = [Generation(p.id, p.task, p.input, p.output, out)
+                             for p, out in zip(members, outputs[position:position + len(members)])]
+        position += len(members)
+
+    member_losses = nonmember_losses = None
+    if data.members is not None and data.nonmembers is not None:
+        member_losses = document_losses(model, tokenizer, [d.text for d in data.members], batch_size=batch_size,
+                                        desc=f"{label}member losses")
+        nonmember_losses = document_losses(model, tokenizer, [d.text for d in data.nonmembers],
+                                           batch_size=batch_size, desc=f"{label}non-member losses")
+
+    utility = utility_details = None
+    results_extra = {}
+    if data.mmlu_dir is not None:
+        mmlu = mmlu_accuracy(model, tokenizer, data.mmlu_dir, shots=data.mmlu_shots,
+                             limit_per_subject=data.mmlu_limit, subjects=data.mmlu_subjects,
+                             batch_size=batch_size)
+        utility, utility_details = mmlu["average_acc"], {"kind": "mmlu", **mmlu}
+        results_extra["mmlu_average"] = utility
+    elif "utility" in generations:
+        utility_split = score_split(generations["utility"])
+        utility = utility_set_score(utility_split)
+        utility_details = {"kind": "utility-set", "utility-set": utility_split}
+
+    results = lume_results(generations["forget"], generations["retain"], member_losses=member_losses,
+                           nonmember_losses=nonmember_losses, utility=utility)
+    results.update(results_extra)
+    if utility is not None:
+        results["utility"] = utility
+        results["utility-details"] = utility_details
+    if utility is not None and "mia_final_score" in results:
+        results["aggregate-score"] = aggregate_score(results["harmonic-mean-task-aggregate"], utility,
+                                                     results["mia_final_score"])
+    if member_losses is not None:
+        results["mia_losses"] = {"member": member_losses, "nonmember": nonmember_losses}
+    results["generations"] = {name: [{"id": g.id, "task": g.task, "expected_output": g.expected,
+                                      "model_output": g.generated} for g in rows]
+                              for name, rows in generations.items()}
+    results["evaluation_seconds"] = time.time() - started
+    return results
+
+
+def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_RATIO) -> bool:
+    """Mark ``results`` collapsed when utility fell below ``ratio`` x the original model's; returns it."""
+    threshold = ratio * original_utility
+    collapsed = results.get("utility") is not None and results["utility"] < threshold
+    results["collapse-gate"] = {"original-utility": original_utility, "ratio": ratio, "threshold": threshold,
+                                "collapsed": bool(collapsed)}
+    return bool(collapsed)
+
+
+def summary_row(name: str, results: dict, seconds: float | None = None) -> dict:
+    """The figures of one table line (used by the demo table and ``results.json``)."""
+    row = {"name": name}
+    for split in ("forget", "retain"):
+        for task, scores in results[f"{split}-set"].items():
+            if isinstance(scores, dict):
+                row[f"{split}/{task}/regurgitation"] = scores["regurgitation-score"]
+                row[f"{split}/{task}/knowledge"] = scores["knowledge-score"]
+    row.update({
+        "task_aggregate": results["harmonic-mean-task-aggregate"],
+        "mia_auc": results.get("mia_loss_acc"),
+        "mia_score": results.get("mia_final_score"),
+        "utility": results.get("utility"),
+        "final_score": results.get("aggregate-score"),
+        "collapsed": results.get("collapse-gate", {}).get("collapsed"),
+        "wall_seconds": seconds,
+    })
+    return row
+
+
+def probe_names(rows: Sequence[dict]) -> list[str]:
+    return [key for key in rows[0] if key.count("/") == 2]

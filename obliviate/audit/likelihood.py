@@ -1,0 +1,53 @@
+"""Per-document mean token negative log-likelihood, batched.
+
+For one document this equals ``model(ids, labels=ids).loss`` (the official MIA statistic): the mean over
+positions 1..L-1 of -log p(token | prefix). Batches are right-padded and padded positions are masked.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from obliviate.progress import progress_bar
+
+
+def token_nll(model, input_ids, attention_mask):
+    """Per-token NLL of each next token, shape (batch, length - 1); zero where the target is padding."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = input_ids[:, 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return nll * attention_mask[:, 1:]
+
+
+def document_losses(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
+                    desc: str | None = "document losses") -> list[float]:
+    """Mean token NLL of each text, tokenised with the tokenizer's defaults, in input order."""
+    import torch
+
+    encoded = [tokenizer(text).input_ids for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    losses = [0.0] * len(texts)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), progress_bar(total=len(texts), desc=desc, unit="doc") as bar:
+            for start in range(0, len(order), batch_size):
+                indices = order[start:start + batch_size]
+                width = max(len(encoded[i]) for i in indices)
+                input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+                for row, i in enumerate(indices):
+                    input_ids[row, :len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+                    attention_mask[row, :len(encoded[i])] = 1
+                nll = token_nll(model, input_ids.to(device), attention_mask.to(device))
+                counts = attention_mask[:, 1:].sum(dim=1).clamp(min=1).to(device)
+                for i, value in zip(indices, (nll.sum(dim=1) / counts).tolist()):
+                    losses[i] = value
+                bar.update(len(indices))
+    finally:
+        model.train(was_training)
+    return losses

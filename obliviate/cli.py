@@ -1,0 +1,336 @@
+"""The command line. Thin: it parses, validates input at the edge, then calls the library.
+
+Exit status: 0 success, 2 bad input (one line on stderr naming file, line and field; nothing written),
+3 the evaluated model collapsed (``evaluate --gate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from obliviate import __version__
+from obliviate.errors import InputError
+
+EXIT_INPUT = 2
+EXIT_COLLAPSED = 3
+BUNDLED = "bundled"
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="tokens generated per probe, greedy (default 256, as the official scorer)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="probes per generation batch (left padding, KV cache); 1 reproduces the official "
+                             "one-at-a-time loop (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obliviate",
+        description="Make a causal LM forget a forget set, prove what it forgot and what it kept.",
+        epilog="Exit status: 0 success, 2 bad input, 3 collapsed model (evaluate --gate).")
+    parser.add_argument("--version", action="version", version=f"obliviate {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="the whole flow on the bundled micro benchmark: target, oracle, every method, one table",
+        description="Build the micro benchmark's target and oracle (cached), unlearn with every shipped method, "
+                    "audit all of them with the LUME scorer and print one table.")
+    demo.add_argument("--data", metavar="DIR",
+                      help="a LUME-format directory (forget.jsonl, retain.jsonl) to sample the micro benchmark "
+                           "from, the same way as the bundled one (default: the bundled benchmark)")
+    demo.add_argument("--out", metavar="DIR", help="write results.json, report.md, scores.png and the "
+                                                   "per-model evaluations here")
+    demo.add_argument("--methods", default=None,
+                      help="comma-separated methods to run (default: all shipped methods)")
+    demo.add_argument("--cache-dir", metavar="DIR",
+                      help="where trained targets and oracles are kept (default $OBLIVIATE_CACHE_DIR or "
+                           "~/.cache/obliviate)")
+    demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_generation_options(demo)
+    demo.set_defaults(batch_size=32)
+
+    micro = commands.add_parser(
+        "micro", help="write the micro benchmark's data, target and oracle as normal directories",
+        description="Train (or load from the cache) the micro benchmark's target and oracle and write them, "
+                    "with the benchmark's data, to --out: OUT/data (forget, retain, utility, member, "
+                    "nonmember .jsonl), OUT/target and OUT/oracle (Hugging Face checkpoints).")
+    micro.add_argument("--data", metavar="DIR", help="sample from this LUME-format directory instead of using the "
+                                                     "bundled benchmark")
+    micro.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    micro.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
+    micro.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    unlearn = commands.add_parser(
+        "unlearn", help="unlearn a forget set from a model with one method",
+        description="Unlearn with one method. Method and training options are given as key=value after the "
+                    "flags (or in --config YAML); `obliviate methods` lists the methods and their options.")
+    unlearn.add_argument("--model", metavar="DIR", required=True,
+                         help="a local Hugging Face causal-LM directory (config.json, weights, tokenizer) or a "
+                              "directory holding one .gguf file; only read, never modified")
+    unlearn.add_argument("--forget", metavar="FILE", required=True,
+                         help="LUME forget set (.jsonl or .parquet), or 'bundled' for the micro benchmark's")
+    unlearn.add_argument("--retain", metavar="FILE",
+                         help="LUME retain set (.jsonl or .parquet), or 'bundled'; required by methods that "
+                              "use retain data")
+    unlearn.add_argument("--method", required=True, help="method name, e.g. NPO (see `obliviate methods`)")
+    unlearn.add_argument("--config", metavar="YAML", help="method and training options as a YAML mapping")
+    unlearn.add_argument("options", nargs="*", metavar="key=value",
+                         help="method or training options, e.g. beta=0.2 learning_rate=1e-4 max_steps=40; "
+                              "they override --config")
+    unlearn.add_argument("--out", metavar="DIR", required=True,
+                         help="output directory: DIR/model (safetensors checkpoint) and DIR/run.json")
+    unlearn.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                         help="dtype to load and train the model in (default float32)")
+    unlearn.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a model exactly as SemEval-2025 Task 4 does",
+        description="Generate for every forget and retain probe, score regurgitation (ROUGE-L recall) and "
+                    "knowledge (exact match), run the loss MIA and a utility test, and write "
+                    "DIR/evaluation_results.json with the official key names and the generations.")
+    evaluate.add_argument("--model", metavar="DIR", required=True, help="model directory (see unlearn --model)")
+    evaluate.add_argument("--data", metavar="DIR", required=True,
+                          help="directory with forget.jsonl and retain.jsonl (or .parquet), or 'bundled'")
+    evaluate.add_argument("--mia", metavar="DIR",
+                          help="directory with member.jsonl and nonmember.jsonl (fields id, document), or "
+                               "'bundled'; adds mia_loss_acc and mia_final_score")
+    evaluate.add_argument("--utility", metavar="FILE",
+                          help="a LUME-format utility set (utility.jsonl), or 'bundled': utility = mean over "
+                               "tasks of (regurgitation + knowledge) / 2")
+    evaluate.add_argument("--mmlu", metavar="DIR",
+                          help="MMLU in its original layout (dev/, test/ per-subject CSVs): utility = MMLU "
+                               "accuracy, scored by the probability of each answer letter")
+    evaluate.add_argument("--mmlu-shots", type=int, default=5, help="few-shot examples from dev (default 5)")
+    evaluate.add_argument("--mmlu-limit", type=int, default=None,
+                          help="at most this many test questions per subject (sampled with seed 42); "
+                               "default: all")
+    evaluate.add_argument("--gate", metavar="REF",
+                          help="collapse gate: the original model's utility as a number, or its "
+                               "evaluation_results.json; exit status 3 if utility < 0.75 x that")
+    evaluate.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    evaluate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                          help="dtype to evaluate in; the official script used bfloat16 (default float32)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_generation_options(evaluate)
+
+    commands.add_parser("methods", help="list the unlearning methods, what each needs, and its options",
+                        description="List the registered unlearning methods with their options and defaults.")
+    return parser
+
+
+def _probe_file(value: str | None, name: str):
+    from obliviate.data.micro import bundled_dir
+
+    if value is None:
+        return None
+    return bundled_dir() / f"{name}.jsonl" if value == BUNDLED else Path(value)
+
+
+def _data_dir(value: str) -> Path:
+    from obliviate.data.micro import bundled_dir
+
+    return bundled_dir() if value == BUNDLED else Path(value)
+
+
+def cmd_methods(args) -> int:
+    import dataclasses
+
+    from obliviate.methods import get_method, method_names
+
+    for name in method_names():
+        method = get_method(name)
+        needs = ["forget"] + (["retain"] if method.needs_retain else [])
+        if method.needs_reference == "logprobs":
+            needs.append("reference log-probs (computed once)")
+        elif method.needs_reference == "model":
+            needs.append("reference model")
+        print(f"{name:12s} {method.description}")
+        print(f"{'':12s} needs: {', '.join(needs)}")
+        options = [f"{f.name}={f.default}" for f in dataclasses.fields(method.Config)]
+        options += [f"{key}={value}" for key, value in method.training_defaults.items()]
+        print(f"{'':12s} defaults: {' '.join(options)}")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    import json
+    import platform
+    import time
+
+    from obliviate.config import load_yaml, parse_key_values
+    from obliviate.data.lume import load_forget_retain, load_probes
+    from obliviate.io import atomic_output_dir, check_output_dir, sha256_file, write_json_atomic
+    from obliviate.methods import get_method
+    from obliviate.models.loading import check_model_dir, load_model, save_model
+    from obliviate.training.unlearn import plan, unlearn
+
+    check_output_dir(args.out, args.overwrite)
+    check_model_dir(args.model)
+    values = load_yaml(args.config) if args.config else {}
+    values.update(parse_key_values(args.options))
+    run_plan = plan(args.method, values, source=args.config or "command line")
+    method_cls = get_method(run_plan.method_name)
+    forget_path, retain_path = _probe_file(args.forget, "forget"), _probe_file(args.retain, "retain")
+    if retain_path is not None:
+        forget, retain = load_forget_retain(forget_path, retain_path)
+    else:
+        if method_cls.needs_retain:
+            raise InputError(f"method {run_plan.method_name} needs --retain", field="retain")
+        forget, retain = load_probes(forget_path), []
+        if not forget:
+            raise InputError("the forget set is empty", path=forget_path)
+    started = time.time()
+    loaded = load_model(args.model, dtype=args.dtype)
+    result = unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
+                     reference_loader=lambda: load_model(args.model, dtype=args.dtype).model)
+    inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
+              "forget_sha256": sha256_file(forget_path)}
+    if retain_path is not None:
+        inputs.update(retain=str(retain_path), retain_sha256=sha256_file(retain_path))
+    record = {**result.record, "inputs": inputs, "command": _command_line(),
+              "total_seconds": time.time() - started, "dtype": args.dtype,
+              "versions": _versions(), "platform": platform.platform()}
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        save_model(result.model, loaded.tokenizer, tmp / "model")
+        write_json_atomic(tmp / "run.json", record)
+    print(json.dumps({"out": args.out, "method": run_plan.method_name, "steps": record["steps"],
+                      "wall_seconds": round(record["wall_seconds"], 1)}))
+    return 0
+
+
+def _gate_reference(value: str) -> float:
+    import json
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    path = Path(value)
+    if not path.is_file():
+        raise InputError("expected a number or an evaluation_results.json", path=value, field="gate")
+    try:
+        utility = json.loads(path.read_text()).get("utility")
+    except json.JSONDecodeError as error:
+        raise InputError(f"malformed JSON ({error.msg})", path=path, line=error.lineno) from None
+    if not isinstance(utility, (int, float)):
+        raise InputError("no numeric 'utility' in this evaluation", path=path, field="utility")
+    return float(utility)
+
+
+def cmd_evaluate(args) -> int:
+    from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate
+    from obliviate.data.lume import load_documents, load_probe_dir, load_probes
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
+    from obliviate.models.loading import check_model_dir, load_model
+
+    check_output_dir(args.out, args.overwrite)
+    check_model_dir(args.model)
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise InputError("--max-new-tokens and --batch-size must be >= 1", field="max-new-tokens")
+    if args.utility and args.mmlu:
+        raise InputError("give either --utility or --mmlu, not both", field="utility")
+    probes = load_probe_dir(_data_dir(args.data), ("forget", "retain"))
+    data = EvaluationData(forget=probes["forget"], retain=probes["retain"])
+    if args.mia:
+        mia_dir = _data_dir(args.mia)
+        data.members = load_documents(mia_dir / "member.jsonl")
+        data.nonmembers = load_documents(mia_dir / "nonmember.jsonl")
+    if args.utility:
+        data.utility = load_probes(_probe_file(args.utility, "utility"))
+    if args.mmlu:
+        from obliviate.data.mmlu import subjects
+
+        subjects(args.mmlu)  # validates the layout before the model loads
+        data.mmlu_dir, data.mmlu_shots, data.mmlu_limit = Path(args.mmlu), args.mmlu_shots, args.mmlu_limit
+    original_utility = _gate_reference(args.gate) if args.gate else None
+    loaded = load_model(args.model, dtype=args.dtype)
+    results = evaluate(loaded.model, loaded.tokenizer, data, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size)
+    collapsed = apply_gate(results, original_utility) if original_utility is not None else False
+    results["command"] = _command_line()
+    results["model"] = str(Path(args.model).resolve())
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        write_json_atomic(tmp / "evaluation_results.json", results)
+    _print_summary(results)
+    if collapsed:
+        print(f"COLLAPSED: utility {results['utility']:.4f} < {results['collapse-gate']['threshold']:.4f} "
+              f"(0.75 x the original's {original_utility:.4f})", file=sys.stderr)
+        return EXIT_COLLAPSED
+    return 0
+
+
+def _print_summary(results: dict) -> None:
+    keys = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "utility", "aggregate-score")
+    print(" ".join(f"{key}={results[key]:.4f}" for key in keys if isinstance(results.get(key), (int, float))))
+
+
+def cmd_demo(args) -> int:
+    from obliviate.demo import DEFAULT_METHODS, run_demo
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEFAULT_METHODS
+    run_demo(data=args.data, out=args.out, methods=methods, cache_dir=args.cache_dir,
+             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite,
+             command=_command_line(), log=lambda message: print(message, file=sys.stderr, flush=True))
+    return 0
+
+
+def cmd_micro(args) -> int:
+    import shutil
+
+    from obliviate.data.micro import benchmark_from
+    from obliviate.io import atomic_output_dir, check_output_dir
+    from obliviate.models.micro import build_micro_models
+
+    check_output_dir(args.out, args.overwrite)
+    benchmark = benchmark_from(args.data)
+    micro = build_micro_models(benchmark, cache_dir=args.cache_dir,
+                               log=lambda message: print(message, file=sys.stderr, flush=True))
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        benchmark.write(tmp / "data")
+        for role in ("target", "oracle"):
+            shutil.copytree(micro.paths[role], tmp / role)
+    print(f"wrote {args.out}/data, {args.out}/target, {args.out}/oracle")
+    return 0
+
+
+def _command_line() -> str:
+    return "obliviate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _versions() -> dict:
+    import importlib.metadata as metadata
+
+    found = {}
+    for package in ("torch", "transformers", "accelerate", "obliviate"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate,
+            "methods": cmd_methods}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as error:
+        print(f"obliviate {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Pure tensor functions for unlearning losses. No model calls: each is testable on hand-made tensors.
+
+Conventions: ``logits`` are (batch, length, vocab) as a causal LM returns them; ``labels`` are (batch, length)
+with -100 where no loss is taken. Position t's logits predict token t+1, so both are shifted here, once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label_t | prefix) for every predicted position, and the mask of positions with a label.
+
+    Shapes: (batch, length - 1) each. Computed in float32 whatever the model's dtype.
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    log_probs = -F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
+    return log_probs * mask, mask
+
+
+def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's labelled tokens, and its number of labelled tokens."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return log_probs.sum(dim=1), mask.sum(dim=1)
+
+
+def mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over all labelled tokens of the batch (what ``model(..., labels=...).loss`` returns)."""
+    log_probs, mask = token_log_probs(logits, labels)
+    return -log_probs.sum() / mask.sum().clamp(min=1)
+
+
+def npo_loss(policy_log_probs: torch.Tensor, reference_log_probs: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al., 2024), eq. 3.
+
+    ``(2 / beta) * mean log(1 + (pi_theta(y|x) / pi_ref(y|x)) ** beta)``, written with a log-sigmoid for
+    stability: ``-(2 / beta) * logsigmoid(-beta * (log pi_theta - log pi_ref))``. Inputs are per-sequence
+    summed log-probabilities (not raw logits). As beta -> 0 its gradient tends to gradient ascent's.
+    """
+    log_ratio = policy_log_probs - reference_log_probs
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def kl_divergence(reference_logits: torch.Tensor, policy_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled positions of KL(p_reference || p_policy) between next-token distributions.
+
+    Both distributions are normalised with a log-softmax first (a KL between raw logits is meaningless).
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    reference = F.log_softmax(reference_logits[:, :-1].float(), dim=-1)
+    policy = F.log_softmax(policy_logits[:, :-1].float(), dim=-1)
+    per_token = F.kl_div(policy, reference, log_target=True, reduction="none").sum(dim=-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,42 @@
+"""The unlearning methods: one file each, a registry of lazy imports (listing methods imports no torch).
+
+A method class declares what it needs (``needs_retain``; ``needs_reference``: ``None``, ``"logprobs"`` for
+reference log-probabilities computed once before training, or ``"model"`` for a frozen reference model loaded
+fresh from the original checkpoint), its ``Config`` dataclass (named weights), the training settings it was
+tuned with (``training_defaults``), and ``loss(model, batch, reference_model)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from obliviate.config import suggest
+from obliviate.errors import InputError
+
+# Registry key = class name = file's subject = the paper's acronym.
+REGISTRY: dict[str, str] = {
+    "GradAscent": "obliviate.methods.grad_ascent:GradAscent",
+    "GradDiff": "obliviate.methods.grad_diff:GradDiff",
+    "KL": "obliviate.methods.kl:KL",
+    "NPO": "obliviate.methods.npo:NPO",
+}
+
+
+def method_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def canonical_name(name: str) -> str:
+    """The registry key for ``name`` (case-insensitive), or an error suggesting the nearest names."""
+    if name in REGISTRY:
+        return name
+    by_lower = {key.lower(): key for key in REGISTRY}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    raise InputError(f"unknown method {name!r}{suggest(name, REGISTRY)} (known: {', '.join(REGISTRY)})",
+                     field="method")
+
+
+def get_method(name: str) -> type:
+    module_name, _, class_name = REGISTRY[canonical_name(name)].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

@@ -1,0 +1,46 @@
+"""Gradient ascent with a KL anchor (TOFU's "KL" baseline, Maini et al., 2024): ascend on the forget set while
+keeping the next-token distributions on retain data close to the original model's.
+
+loss = -forget_weight * NLL(forget) + retain_weight * KL(p_original || p_model) on retain tokens.
+The reference is a frozen copy loaded fresh from the original checkpoint (never a deepcopy of the model being
+trained), because the KL needs its full distributions on each new retain batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from obliviate.losses import kl_divergence, mean_nll
+from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+
+
+@dataclass
+class KLConfig:
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+
+    def __post_init__(self):
+        require_positive(self, "forget_weight")
+        require_non_negative(self, "retain_weight")
+
+
+class KL:
+    name = "KL"
+    description = "gradient ascent on forget + KL to the original model on retain"
+    Config = KLConfig
+    needs_retain = True
+    needs_reference = "model"
+    training_defaults = {"learning_rate": 2e-4, "max_steps": 20}
+
+    def __init__(self, config: KLConfig):
+        self.config = config
+
+    def loss(self, model, batch, reference_model=None):
+        import torch
+
+        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        with torch.no_grad():
+            reference_logits = logits_of(reference_model, batch, "retain")
+        retain_kl = kl_divergence(reference_logits, logits_of(model, batch, "retain"), batch["retain_labels"])
+        loss = -self.config.forget_weight * forget_nll + self.config.retain_weight * retain_kl
+        return loss, {"forget_nll": forget_nll.item(), "retain_kl": retain_kl.item()}

@@ -1,0 +1,89 @@
+"""Loading any local Hugging Face causal-LM directory (or a directory holding one GGUF file) and saving one.
+
+The input directory is only ever read. Problems with it are reported as one-line ``InputError``s before any
+weights are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from obliviate.errors import InputError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
+    path: Path
+
+
+def check_model_dir(path: str | Path) -> Path | None:
+    """Validate a model directory; returns the GGUF file to load when the directory holds one instead."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("model directory not found", path=path)
+    ggufs = sorted(path.glob("*.gguf"))
+    if not (path / "config.json").is_file():
+        if len(ggufs) == 1:
+            return ggufs[0]
+        if len(ggufs) > 1:
+            raise InputError(f"several .gguf files and no config.json: {', '.join(p.name for p in ggufs)}",
+                             path=path)
+        raise InputError("not a Hugging Face model directory: no config.json", path=path)
+    if not any((path / name).is_file() for name in WEIGHT_FILES) and not list(path.glob("*.safetensors")):
+        raise InputError("no model weights (model.safetensors or pytorch_model.bin)", path=path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)", path=path)
+    return None
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}", field="dtype")
+    return getattr(torch, name)
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", device: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer; the tokenizer gets a pad token (EOS) if it has none."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    gguf = check_model_dir(path)
+    kwargs = {"gguf_file": gguf.name} if gguf else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"cannot load model: {first_line}", path=path) from None
+    if gguf is not None:
+        # A GGUF checkpoint is dequantised on load; the quantisation note must not travel into saved copies.
+        model.config.quantization_config = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # as the official LUME evaluation does
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path)
+
+
+def save_model(model, tokenizer, directory: str | Path) -> None:
+    """Write a normal Hugging Face checkpoint (safetensors) that ``load_model`` reads back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

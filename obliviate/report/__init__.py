@@ -1,0 +1,1 @@
+"""Reports: the results table, the Markdown report and its plot."""

@@ -1,0 +1,1 @@
+"""Training: the one ``transformers.Trainer`` subclass, its data, and the ``unlearn`` entry point."""

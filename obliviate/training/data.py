@@ -1,0 +1,99 @@
+"""Turning probes into training examples, pairing forget with retain rows, and collating batches."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from obliviate.data.records import Probe
+from obliviate.losses import IGNORE_INDEX
+
+
+def encode_probes(tokenizer, probes: Sequence[Probe], max_length: int, loss_on: str = "all") -> list[dict]:
+    """One example per probe: ``input + " " + output`` followed by EOS.
+
+    With ``loss_on="output"`` the prompt tokens get no label, so the loss sees only the answer (or the
+    document's continuation).
+    """
+    examples = []
+    eos = tokenizer.eos_token_id
+    for probe in probes:
+        ids = tokenizer(probe.training_text).input_ids[: max_length - 1] + [eos]
+        labels = list(ids)
+        if loss_on == "output":
+            prompt_length = min(len(tokenizer(probe.input).input_ids), len(ids) - 1)
+            labels[:prompt_length] = [IGNORE_INDEX] * prompt_length
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
+class PairedDataset:
+    """Item i pairs forget example ``i % F`` with retain example ``i % R``; its length covers both sets."""
+
+    def __init__(self, forget: list[dict], retain: list[dict] | None):
+        self.forget = forget
+        self.retain = retain or []
+
+    def __len__(self) -> int:
+        return max(len(self.forget), len(self.retain))
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"forget": self.forget[index % len(self.forget)]}
+        if self.retain:
+            item["retain"] = self.retain[index % len(self.retain)]
+        return item
+
+
+def pad(examples: Sequence[dict], pad_id: int) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    import torch
+
+    width = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"])
+        labels[row, :n] = torch.tensor(example["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class PairedCollator:
+    """Collates paired items into ``forget_*`` and ``retain_*`` tensors (plus reference log-probs if any)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        import torch
+
+        batch = {}
+        for side in ("forget", "retain"):
+            if side not in items[0]:
+                continue
+            examples = [item[side] for item in items]
+            batch.update({f"{side}_{key}": value for key, value in pad(examples, self.pad_id).items()})
+            if "reference_log_prob" in examples[0]:
+                batch[f"{side}_reference_log_probs"] = torch.tensor([e["reference_log_prob"] for e in examples])
+        return batch
+
+
+def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_size: int = 8) -> None:
+    """Store each example's summed label log-probability under the (original) model, computed once."""
+    import torch
+
+    from obliviate.losses import sequence_log_probs
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in pad(chunk, pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            log_probs, _ = sequence_log_probs(logits, batch["labels"])
+            for example, value in zip(chunk, log_probs.tolist()):
+                example["reference_log_prob"] = value
+    model.train(was_training)

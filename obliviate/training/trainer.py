@@ -1,0 +1,43 @@
+"""The one trainer: ``transformers.Trainer`` asking the method for the loss.
+
+Riding on ``Trainer`` (and so on accelerate) gives DDP, FSDP and DeepSpeed through ``accelerate launch``
+without any distributed code here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from transformers import Trainer
+
+
+class UnlearningTrainer(Trainer):
+    def __init__(self, *args, method, reference_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.reference_model = reference_model
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_count = 0
+        if reference_model is not None:
+            reference_model.eval()
+            reference_model.requires_grad_(False)
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                # Shard the frozen reference the same way as the model being trained.
+                self.reference_model = self.accelerator.prepare_model(reference_model, evaluation_mode=True)
+            else:
+                self.reference_model = reference_model.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.method.loss(model, inputs, self.reference_model)
+        for name, value in metrics.items():
+            self._metric_sums[name] += value
+        self._metric_count += 1
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # Add the method's own terms (e.g. forget NLL, retain NLL), averaged since the last log.
+        if self._metric_count:
+            logs.update({name: total / self._metric_count for name, total in self._metric_sums.items()})
+            self._metric_sums.clear()
+            self._metric_count = 0
+        super().log(logs, *args, **kwargs)

@@ -1,0 +1,137 @@
+"""``unlearn``: one method applied to one model, from options to a trained model and a record of the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from obliviate.config import build, split_values
+from obliviate.data.records import Probe
+from obliviate.errors import InputError
+from obliviate.methods import canonical_name, get_method
+from obliviate.training.config import TrainingConfig
+
+
+@dataclass
+class Plan:
+    """A validated method and training configuration, built before any model is loaded."""
+
+    method_name: str
+    method_config: Any
+    training: TrainingConfig
+
+    def options(self) -> dict:
+        return {"method": dataclasses.asdict(self.method_config), "training": dataclasses.asdict(self.training)}
+
+
+def plan(method: str, values: dict[str, Any] | None = None, source: str = "command line") -> Plan:
+    """Resolve ``values`` (method and training options) against the method's schema and tuned defaults."""
+    name = canonical_name(method)
+    method_cls = get_method(name)
+    routed = split_values(values or {}, {"method": method_cls.Config, "training": TrainingConfig}, source)
+    method_config = _build(method_cls.Config, routed["method"], source)
+    training = _build(TrainingConfig, {**method_cls.training_defaults, **routed["training"]}, source)
+    return Plan(method_name=name, method_config=method_config, training=training)
+
+
+def _build(schema, values, source):
+    try:
+        return build(schema, values, source)
+    except InputError as error:
+        if error.path is None:  # raised by a config's own checks: say where the value came from
+            raise InputError(error.message, path=source, field=error.field) from None
+        raise
+
+
+@dataclass
+class UnlearnResult:
+    model: Any
+    record: dict
+
+
+def peak_memory_bytes(device) -> int:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
+            reference_loader: Callable[[], Any] | None = None, progress: bool = True) -> UnlearnResult:
+    """Train ``model`` in place with the planned method and return it with a record of the run."""
+    import torch
+    from transformers import TrainingArguments
+
+    from obliviate.training.data import PairedCollator, PairedDataset, attach_reference_log_probs, encode_probes
+    from obliviate.training.trainer import UnlearningTrainer
+
+    method_cls = get_method(run_plan.method_name)
+    method = method_cls(run_plan.method_config)
+    settings = run_plan.training
+    if method_cls.needs_retain and not retain:
+        raise InputError(f"{run_plan.method_name} needs a retain set", field="retain")
+    started = time.time()
+    torch.manual_seed(settings.seed)
+    forget_examples = encode_probes(tokenizer, forget, settings.max_length, settings.loss_on)
+    retain_examples = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on) \
+        if method_cls.needs_retain else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reference_model = None
+    if method_cls.needs_reference == "logprobs":
+        attach_reference_log_probs(model, forget_examples, pad_id)
+    elif method_cls.needs_reference == "model":
+        if reference_loader is None:
+            raise InputError(f"{run_plan.method_name} needs the original model as a reference", field="model")
+        reference_model = reference_loader()
+
+    model.train()
+    use_cpu = not torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="obliviate-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            learning_rate=settings.learning_rate, lr_scheduler_type=settings.lr_scheduler,
+            warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
+            max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed,
+            logging_steps=max(1, settings.max_steps // 10), save_strategy="no", report_to=[],
+            remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
+            disable_tqdm=not progress, logging_strategy="steps",
+        )
+        trainer = UnlearningTrainer(
+            model=model, args=args, train_dataset=PairedDataset(forget_examples, retain_examples),
+            data_collator=PairedCollator(pad_id), method=method, reference_model=reference_model,
+        )
+        _quiet_log_printing(trainer)
+        output = trainer.train()
+    model.eval()
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    record = {
+        "method": run_plan.method_name,
+        "options": run_plan.options(),
+        "seed": settings.seed,
+        "steps": int(output.global_step),
+        "wall_seconds": time.time() - started,
+        "peak_memory_bytes": peak_memory_bytes(args.device),
+        "final_loss": history[-1]["loss"] if history else None,
+        "log_history": history,
+        "world_size": args.world_size,
+    }
+    del reference_model, trainer
+    return UnlearnResult(model=model, record=record)
+
+
+def _quiet_log_printing(trainer) -> None:
+    """Keep the progress bar, drop the per-log dict printing (the history goes into run.json instead)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback):
+            callback.on_log = lambda *args, **kwargs: None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
