@@ -1,0 +1,93 @@
+"""Every registered method, a few steps on a tiny model: trainable weights move, frozen ones do not, the loss
+stays finite. Plus the registry's and the planner's behaviour."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from obliviate.errors import InputError
+from obliviate.methods import REGISTRY, canonical_name, get_method, method_names
+from obliviate.training.unlearn import plan, unlearn
+from tests.conftest import build_tiny_model
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_trains_trainable_and_leaves_frozen(name, tiny_tokenizer, bundled_probes):
+    model = build_tiny_model(tiny_tokenizer)
+    frozen = {n for n, _ in model.named_parameters() if ".layers.0." in n}
+    for n, parameter in model.named_parameters():
+        parameter.requires_grad_(n not in frozen)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    run = plan(name, {"max_steps": "3", "batch_size": "2", "learning_rate": "1e-3"})
+    result = unlearn(model, tiny_tokenizer, bundled_probes["forget"][:6], bundled_probes["retain"][:6], run,
+                     reference_loader=lambda: build_tiny_model(tiny_tokenizer), progress=False)
+    after = dict(result.model.named_parameters())
+    moved = [n for n in before if n not in frozen and not torch.equal(before[n], after[n])]
+    assert len(moved) == len(before) - len(frozen), "every trainable tensor should move"
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    assert result.record["steps"] == 3
+    assert all(math.isfinite(entry["loss"]) for entry in result.record["log_history"])
+    assert all(torch.isfinite(p).all() for p in after.values())
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_declares_what_it_needs(name):
+    method = get_method(name)
+    assert method.name == name
+    assert method.needs_reference in (None, "logprobs", "model")
+    assert isinstance(method.needs_retain, bool) and method.description
+    assert dataclasses.is_dataclass(method.Config)
+    plan(name)  # its defaults validate
+
+
+def test_registry_is_lazy_and_suggests_near_names():
+    assert list(REGISTRY) == ["GradAscent", "GradDiff", "KL", "NPO"]
+    assert canonical_name("npo") == "NPO"
+    with pytest.raises(InputError, match="did you mean 'NPO'"):
+        canonical_name("NOP")
+
+
+def test_plan_rejects_unknown_and_mistyped_options():
+    with pytest.raises(InputError, match="unknown option 'betta'.*did you mean 'beta'"):
+        plan("NPO", {"betta": "0.1"})
+    with pytest.raises(InputError, match="field 'max_steps': expected an integer"):
+        plan("NPO", {"max_steps": "ten"})
+    with pytest.raises(InputError, match="field 'beta': must be > 0"):
+        plan("NPO", {"beta": "0"})
+    with pytest.raises(InputError, match="field 'loss_on': expected one of all, output"):
+        plan("GradDiff", {"loss_on": "prompt"})
+
+
+def test_plan_applies_method_defaults_then_overrides():
+    default = plan("NPO")
+    assert default.training.learning_rate == get_method("NPO").training_defaults["learning_rate"]
+    custom = plan("NPO", {"learning_rate": "3e-5", "beta": 0.5})
+    assert custom.training.learning_rate == 3e-5 and custom.method_config.beta == 0.5
+
+
+def test_npo_reference_log_probs_come_from_the_original_model(tiny_tokenizer, bundled_probes):
+    from obliviate.training.data import attach_reference_log_probs, encode_probes, pad
+    from obliviate.losses import sequence_log_probs
+
+    model = build_tiny_model(tiny_tokenizer)
+    examples = encode_probes(tiny_tokenizer, bundled_probes["forget"][:3], max_length=512)
+    attach_reference_log_probs(model, examples, tiny_tokenizer.eos_token_id, batch_size=2)
+    batch = pad(examples[:1], tiny_tokenizer.eos_token_id)
+    with torch.no_grad():
+        direct, _ = sequence_log_probs(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+    assert examples[0]["reference_log_prob"] == pytest.approx(direct.item(), abs=1e-3)
+
+
+def test_loss_on_output_masks_the_prompt(tiny_tokenizer, bundled_probes):
+    from obliviate.losses import IGNORE_INDEX
+    from obliviate.training.data import encode_probes
+
+    probe = bundled_probes["forget"][1]
+    full = encode_probes(tiny_tokenizer, [probe], 512, "all")[0]
+    output_only = encode_probes(tiny_tokenizer, [probe], 512, "output")[0]
+    prompt_length = len(tiny_tokenizer(probe.input).input_ids)
+    assert full["labels"] == full["input_ids"] and full["input_ids"][-1] == tiny_tokenizer.eos_token_id
+    assert output_only["labels"][:prompt_length] == [IGNORE_INDEX] * prompt_length
+    assert output_only["labels"][prompt_length:] == full["input_ids"][prompt_length:]
