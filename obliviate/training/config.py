@@ -17,6 +17,7 @@ class TrainingConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens per row; longer rows are truncated
     loss_on: Literal["all", "output"] = "all"  # train on whole rows, or only on each row's output tokens

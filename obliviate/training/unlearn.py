@@ -17,6 +17,9 @@ from obliviate.methods import canonical_name, get_method
 from obliviate.training.config import TrainingConfig
 
 
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd"}
+
+
 @dataclass
 class Plan:
     """A validated method and training configuration, built before any model is loaded."""
@@ -98,7 +101,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             learning_rate=settings.learning_rate, lr_scheduler_type=settings.lr_scheduler,
             warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
-            max_grad_norm=settings.max_grad_norm, seed=settings.seed, data_seed=settings.seed,
+            max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed, data_seed=settings.seed,
             logging_steps=max(1, settings.max_steps // 10), save_strategy="no", report_to=[],
             remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",

@@ -1,0 +1,28 @@
+# Two entry points, each installing what it needs into .venv first.
+# torch is installed first and pinned, so that no other install pulls a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: install demo test test-slow bench
+
+$(BIN)/obliviate: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(BIN)/obliviate
+
+install: $(BIN)/obliviate
+
+demo: install
+	$(BIN)/obliviate demo --out demo-out --overwrite
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+bench: install
+	$(BIN)/python bench/generation_throughput.py

@@ -1,0 +1,95 @@
+"""The micro benchmark: how it is sampled, and (slow) the target and oracle it trains."""
+
+import json
+
+import pytest
+
+from obliviate.data.micro import PROBE_SETS, SampleSizes, load_bundled, sample_micro_benchmark
+from tests.conftest import SHARED
+
+LUME = SHARED / "data" / "lume"
+
+
+def test_bundled_sets_are_disjoint_and_stratified():
+    benchmark = load_bundled()
+    documents = {name: {p.document_id for p in getattr(benchmark, name)} for name in PROBE_SETS}
+    nonmembers = {d.id for d in benchmark.nonmembers}
+    all_sets = list(documents.values()) + [nonmembers]
+    for i, first in enumerate(all_sets):
+        for second in all_sets[i + 1:]:
+            assert not first & second
+    assert {d.id for d in benchmark.members} == documents["forget"]
+    sizes = SampleSizes()
+    for name, per_task in (("forget", sizes.forget), ("retain", sizes.retain), ("utility", sizes.utility)):
+        for task in ("Task1", "Task2", "Task3"):
+            docs = {p.document_id for p in getattr(benchmark, name) if p.task == task}
+            kinds = {p.kind.value for p in getattr(benchmark, name) if p.task == task}
+            assert len(docs) == per_task and kinds == {"regurgitation", "knowledge"}
+    assert len(benchmark.nonmembers) == 3 * sizes.nonmember
+    # A member document is its sentence-completion row joined back, as in the official MIA files.
+    forget_sc = {p.document_id: p for p in benchmark.forget if p.kind.value == "regurgitation"}
+    assert all(d.text == forget_sc[d.id].input + " " + forget_sc[d.id].output for d in benchmark.members)
+
+
+@pytest.mark.skipif(not LUME.is_dir(), reason="needs the public LUME data in ../shared")
+def test_bundled_copy_is_what_the_sampler_draws_from_lume(tmp_path):
+    sampled = sample_micro_benchmark(LUME / "train")
+    assert sampled.fingerprint() == load_bundled().fingerprint()
+    # --data works on any LUME-format directory, e.g. the validation split.
+    validation = sample_micro_benchmark(LUME / "validation", SampleSizes(forget=2, retain=2, utility=1,
+                                                                         nonmember=2))
+    assert len({p.document_id for p in validation.forget}) == 6
+
+
+def test_sampler_reports_a_directory_too_small(tmp_path, tiny_lume_dir):
+    from obliviate.errors import InputError
+
+    with pytest.raises(InputError, match="forget.jsonl: Task1 has 2 documents .* needs 10"):
+        sample_micro_benchmark(tiny_lume_dir)
+
+
+@pytest.fixture(scope="module")
+def micro_models(tmp_path_factory):
+    from obliviate.models.micro import build_micro_models
+
+    cache = tmp_path_factory.mktemp("micro-cache")
+    return build_micro_models(load_bundled(), cache_dir=cache, log=lambda message: None), cache
+
+
+@pytest.mark.slow
+def test_target_memorises_and_oracle_never_saw_the_forget_set(micro_models):
+    micro, _ = micro_models
+    target, oracle = micro.records["target"], micro.records["oracle"]
+    assert target["memorised"] and oracle["memorised"]
+    final = target["checks"][-1]
+    assert final["forget"]["regurgitation"] >= 0.9 and final["forget"]["knowledge"] >= 0.8
+    assert "forget" not in oracle["checks"][-1]
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_sequential_on_the_micro_target(micro_models):
+    from obliviate.audit.generation import generate
+
+    micro, _ = micro_models
+    benchmark = load_bundled()
+    prompts = [p.input for p in benchmark.forget + benchmark.retain]
+    batched = generate(micro.target, micro.tokenizer, prompts, max_new_tokens=256, batch_size=16)
+    sequential = generate(micro.target, micro.tokenizer, prompts, max_new_tokens=256, batch_size=1)
+    assert batched == sequential
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(micro_models, tmp_path, capsys):
+    from obliviate.cli import main
+
+    _, cache = micro_models
+    out = tmp_path / "demo"
+    assert main(["demo", "--cache-dir", str(cache), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [row["name"] for row in rows] == ["target", "oracle", "GradAscent", "GradDiff", "KL", "NPO"]
+    for row in rows:
+        assert row["name"] in table and isinstance(row["collapsed"], bool)
+        assert len([key for key in row if key.count("/") == 2]) == 12
+    assert rows[0]["mia_auc"] > rows[1]["mia_auc"]  # the target is far more exposed than the oracle
+    assert (out / "report.md").is_file() and (out / "scores.png").is_file()
