@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.progress import progress_bar
 
 
@@ -58,24 +59,17 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     if not prompts:
         return []
     encoded = [tokenizer(prompt).input_ids for prompt in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     config = greedy_config(model, tokenizer, max_new_tokens)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
-            for start in range(0, len(order), batch_size):
-                indices = order[start:start + batch_size]
-                width = max(len(encoded[i]) for i in indices)
-                input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-                for row, i in enumerate(indices):
-                    ids = encoded[i]
-                    input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, width - len(ids):] = 1
+            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
+                                                          side="left")
+                width = input_ids.shape[1]
                 generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                            generation_config=config)
                 texts = [official_decode(tokenizer, row) for row in generated[:, width:]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.progress import progress_bar
 
 
@@ -27,22 +28,14 @@ def document_losses(model, tokenizer, texts: Sequence[str], *, batch_size: int =
     import torch
 
     encoded = [tokenizer(text).input_ids for text in texts]
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     losses = [0.0] * len(texts)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), progress_bar(total=len(texts), desc=desc, unit="doc") as bar:
-            for start in range(0, len(order), batch_size):
-                indices = order[start:start + batch_size]
-                width = max(len(encoded[i]) for i in indices)
-                input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-                for row, i in enumerate(indices):
-                    input_ids[row, :len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[row, :len(encoded[i])] = 1
+            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
                 nll = token_nll(model, input_ids.to(device), attention_mask.to(device))
                 counts = attention_mask[:, 1:].sum(dim=1).clamp(min=1).to(device)
                 for i, value in zip(indices, (nll.sum(dim=1) / counts).tolist()):

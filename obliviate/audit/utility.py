@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.data.mmlu import CHOICES, Question, load_mmlu
 from obliviate.progress import progress_bar
 
@@ -56,21 +57,15 @@ def mmlu_accuracy(model, tokenizer, mmlu_dir: str | Path, *, shots: int = 5, lim
             test = random.Random(seed).sample(test, limit_per_subject)
         items += [(subject, mmlu_prompt(tokenizer, q, dev, shots), q.answer) for q in test]
     choice_ids = [tokenizer.encode(" " + letter, add_special_tokens=False)[-1] for letter in CHOICES]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     encoded = [tokenizer(prompt).input_ids for _, prompt, _ in items]
-    order = sorted(range(len(items)), key=lambda i: -len(encoded[i]))
     correct = [False] * len(items)
     model.eval()
     with torch.no_grad(), progress_bar(total=len(items), desc="MMLU", unit="question") as bar:
-        for start in range(0, len(order), batch_size):
-            indices = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in indices)
-            input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-            for row, i in enumerate(indices):  # left padding: every prompt's last token is at -1
-                input_ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-                attention_mask[row, width - len(encoded[i]):] = 1
+        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+            # Left padding: every prompt's last token sits at position -1.
+            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
+                                                      side="left")
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, -1]
             predicted = logits[:, choice_ids].argmax(dim=-1).tolist()
             for i, choice in zip(indices, predicted):

@@ -27,7 +27,7 @@ class GradAscent:
     Config = GradAscentConfig
     needs_retain = False
     needs_reference = None
-    training_defaults = {"learning_rate": 2e-4, "max_steps": 12}
+    training_defaults = {"learning_rate": 1e-4, "max_steps": 20}
 
     def __init__(self, config: GradAscentConfig):
         self.config = config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from obliviate.batching import pad_sequences
 from obliviate.data.records import Probe
 from obliviate.losses import IGNORE_INDEX
 
@@ -45,17 +46,8 @@ class PairedDataset:
 
 def pad(examples: Sequence[dict], pad_id: int) -> dict:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        n = len(example["input_ids"])
-        input_ids[row, :n] = torch.tensor(example["input_ids"])
-        labels[row, :n] = torch.tensor(example["labels"])
-        attention_mask[row, :n] = 1
+    input_ids, attention_mask = pad_sequences([e["input_ids"] for e in examples], pad_id)
+    labels, _ = pad_sequences([e["labels"] for e in examples], IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from obliviate.batching import pad_id_of
 from obliviate.config import build, split_values
 from obliviate.data.records import Probe
 from obliviate.errors import InputError
@@ -84,7 +85,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     forget_examples = encode_probes(tokenizer, forget, settings.max_length, settings.loss_on)
     retain_examples = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on) \
         if method_cls.needs_retain else None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_id_of(tokenizer)
     reference_model = None
     if method_cls.needs_reference == "logprobs":
         attach_reference_log_probs(model, forget_examples, pad_id)
