@@ -7,10 +7,20 @@ from typing import Iterator, Literal, Sequence
 
 
 def longest_first_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of similar length (longest first), so little compute goes to padding."""
+    """Indices in batches of similar length, longest first, so little compute goes to padding.
+
+    A batch also ends where the next sequence is less than half as long as the batch's first: a question
+    padded to a document's length would cost the document's prefill.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+    batch: list[int] = []
+    for index in order:
+        if batch and (len(batch) == batch_size or 2 * lengths[index] < lengths[batch[0]]):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "right"):

@@ -46,3 +46,14 @@ def test_document_losses_equal_the_official_per_document_loss(tiny_model, tiny_t
             ids = tiny_tokenizer(text, return_tensors="pt").input_ids
             official.append(tiny_model(ids, labels=ids).loss.item())
     assert batched == pytest.approx(official, abs=1e-4)
+
+
+def test_logit_changing_generation_configs_are_batched_by_transformers(tiny_model, tiny_tokenizer, bundled_probes):
+    from obliviate.audit.generation import greedy_config, is_plain_greedy
+
+    assert is_plain_greedy(greedy_config(tiny_model, tiny_tokenizer, 8))
+    tiny_model.generation_config.repetition_penalty = 1.3
+    assert not is_plain_greedy(greedy_config(tiny_model, tiny_tokenizer, 8))
+    prompts = [p.input for p in bundled_probes["utility"][:6]]
+    batched = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    assert batched == generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=1)

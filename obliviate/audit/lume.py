@@ -134,7 +134,7 @@ def harmonic_mean_task_aggregate(terms: Iterable[float]) -> float:
     terms = list(terms)
     if any(math.isnan(term) for term in terms):
         return math.nan
-    return statistics.harmonic_mean(terms)
+    return float(statistics.harmonic_mean(terms))
 
 
 def mia_auc(member_losses: Sequence[float], nonmember_losses: Sequence[float]) -> float:
