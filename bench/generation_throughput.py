@@ -27,7 +27,6 @@ def main() -> None:
 
     import torch
 
-    from obliviate.audit.generation import generate
     from obliviate.data.micro import load_bundled
     from obliviate.models.loading import load_model
     from obliviate.models.micro import build_micro_models

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from obliviate import __version__
+from obliviate.audit.suites import MIA_ATTACKS, SUITES
 from obliviate.errors import InputError
 
 EXIT_INPUT = 2
@@ -117,6 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
                           help="dtype to evaluate in; the official script used bfloat16 (default float32)")
     evaluate.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     _add_generation_options(evaluate)
+
+    audit = commands.add_parser(
+        "audit", help="prove forgetting from several angles: MIA family, MUSE, TOFU, distance to the oracle, "
+                      "memorisation, recovery attacks",
+        description="Run audit suites on one model and write OUT/audit.json and OUT/audit.md. Every metric states "
+                    "which direction is better and its ideal value. Runs data-parallel under accelerate launch.")
+    audit.add_argument("--model", metavar="DIR", required=True, help="the model to audit (see unlearn --model)")
+    audit.add_argument("--data", metavar="DIR", required=True,
+                       help="directory with forget.jsonl, retain.jsonl and nonmember.jsonl (optional "
+                            "utility.jsonl), e.g. `obliviate micro`'s OUT/data, or 'bundled'")
+    audit.add_argument("--oracle", metavar="DIR",
+                       help="a model trained without the forget set (needed by muse, tofu, distance)")
+    audit.add_argument("--reference", metavar="DIR",
+                       help="the original model before unlearning (needed by muse and the reference MIA attack)")
+    audit.add_argument("--suites", default=",".join(SUITES),
+                       help=f"comma-separated suites (default: all of {','.join(SUITES)})")
+    audit.add_argument("--mia-attacks", default=",".join(MIA_ATTACKS),
+                       help=f"comma-separated MIA attacks (default: all of {','.join(MIA_ATTACKS)})")
+    audit.add_argument("--relearn-steps", type=int, default=10,
+                       help="fine-tuning steps of the relearning attack (default 10)")
+    audit.add_argument("--batch-size", type=int, default=16, help="documents or probes per batch (default 16)")
+    audit.add_argument("--max-new-tokens", type=int, default=128,
+                       help="tokens generated for document continuations (VerbMem, attacks; default 128)")
+    audit.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                       help="dtype to load the models in (default float32)")
+    audit.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    audit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     commands.add_parser("methods", help="list the unlearning methods, what each needs, and its options",
                         description="List the registered unlearning methods with their options and defaults.")
@@ -269,6 +297,49 @@ def _print_summary(results: dict) -> None:
     print(" ".join(f"{key}={results[key]:.4f}" for key in keys if isinstance(results.get(key), (int, float))))
 
 
+def cmd_audit(args) -> int:
+    from obliviate.audit.suites import AuditData, AuditSettings, check_request, run_audit
+    from obliviate.data.lume import load_documents, load_probe_dir, load_probes
+    from obliviate.distributed import device, is_main_process
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
+    from obliviate.models.loading import check_model_dir, load_model
+    from obliviate.report.audit import audit_markdown
+
+    check_output_dir(args.out, args.overwrite)
+    settings = AuditSettings(suites=_csv(args.suites), mia_attacks=_csv(args.mia_attacks),
+                             batch_size=args.batch_size, relearn_steps=args.relearn_steps,
+                             continuation_tokens=args.max_new_tokens)
+    check_request(settings, args.oracle is not None, args.reference is not None)
+    for path in (args.model, args.oracle, args.reference):
+        if path is not None:
+            check_model_dir(path)
+    data_dir = _data_dir(args.data)
+    probes = load_probe_dir(data_dir, ("forget", "retain"))
+    utility_path = data_dir / "utility.jsonl"
+    data = AuditData(forget=probes["forget"], retain=probes["retain"],
+                     nonmembers=load_documents(data_dir / "nonmember.jsonl"),
+                     utility=load_probes(utility_path) if utility_path.is_file() else [])
+    place = str(device())
+    loaded = load_model(args.model, dtype=args.dtype, device=place)
+    oracle = load_model(args.oracle, dtype=args.dtype, device=place).model if args.oracle else None
+    reference = load_model(args.reference, dtype=args.dtype, device=place).model if args.reference else None
+    results = run_audit(loaded.model, loaded.tokenizer, data, settings, oracle=oracle, reference=reference,
+                        log=lambda message: print(message, file=sys.stderr, flush=True))
+    if not is_main_process():
+        return 0
+    report = {"model": str(Path(args.model).resolve()), "oracle": args.oracle, "reference": args.reference,
+              "data": str(data_dir), "command": _command_line(), "suites": results}
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        write_json_atomic(tmp / "audit.json", report)
+        (tmp / "audit.md").write_text(audit_markdown({Path(args.model).name: results}))
+    print(f"wrote {args.out}/audit.json and {args.out}/audit.md")
+    return 0
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
 def cmd_demo(args) -> int:
     from obliviate.demo import DEFAULT_METHODS, run_demo
 
@@ -314,7 +385,7 @@ def _versions() -> dict:
     return found
 
 
-COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate,
+COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "audit": cmd_audit,
             "methods": cmd_methods}
 
 

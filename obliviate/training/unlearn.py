@@ -69,29 +69,40 @@ def peak_memory_bytes(device) -> int:
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
             reference_loader: Callable[[], Any] | None = None, progress: bool = True) -> UnlearnResult:
     """Train ``model`` in place with the planned method and return it with a record of the run."""
+    method = get_method(run_plan.method_name)(run_plan.method_config)
+    started = time.time()
+    record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
+                        reference_loader=reference_loader, progress=progress)
+    record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
+              **record, "wall_seconds": time.time() - started}
+    return UnlearnResult(model=model, record=record)
+
+
+def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe],
+               settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
+               progress: bool = True) -> dict:
+    """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
+    ``needs_reference``, ``loss``); returns steps, loss history and peak memory."""
     import torch
     from transformers import TrainingArguments
 
     from obliviate.training.data import PairedCollator, PairedDataset, attach_reference_log_probs, encode_probes
     from obliviate.training.trainer import UnlearningTrainer
 
-    method_cls = get_method(run_plan.method_name)
-    method = method_cls(run_plan.method_config)
-    settings = run_plan.training
-    if method_cls.needs_retain and not retain:
-        raise InputError(f"{run_plan.method_name} needs a retain set", field="retain")
-    started = time.time()
+    name = type(method).__name__
+    if method.needs_retain and not retain:
+        raise InputError(f"{name} needs a retain set", field="retain")
     torch.manual_seed(settings.seed)
     forget_examples = encode_probes(tokenizer, forget, settings.max_length, settings.loss_on)
     retain_examples = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on) \
-        if method_cls.needs_retain else None
+        if method.needs_retain else None
     pad_id = pad_id_of(tokenizer)
     reference_model = None
-    if method_cls.needs_reference == "logprobs":
+    if method.needs_reference == "logprobs":
         attach_reference_log_probs(model, forget_examples, pad_id)
-    elif method_cls.needs_reference == "model":
+    elif method.needs_reference == "model":
         if reference_loader is None:
-            raise InputError(f"{run_plan.method_name} needs the original model as a reference", field="model")
+            raise InputError(f"{name} needs the original model as a reference", field="model")
         reference_model = reference_loader()
 
     model.train()
@@ -102,9 +113,9 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             learning_rate=settings.learning_rate, lr_scheduler_type=settings.lr_scheduler,
             warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
-            max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed, data_seed=settings.seed,
-            logging_steps=max(1, settings.max_steps // 10), save_strategy="no", report_to=[],
-            remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
+            max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed,
+            data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), save_strategy="no",
+            report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",
         )
         trainer = UnlearningTrainer(
@@ -116,18 +127,14 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     model.eval()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     record = {
-        "method": run_plan.method_name,
-        "options": run_plan.options(),
-        "seed": settings.seed,
         "steps": int(output.global_step),
-        "wall_seconds": time.time() - started,
         "peak_memory_bytes": peak_memory_bytes(args.device),
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,
     }
     del reference_model, trainer
-    return UnlearnResult(model=model, record=record)
+    return record
 
 
 def _quiet_log_printing(trainer) -> None:

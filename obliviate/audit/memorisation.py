@@ -1,0 +1,47 @@
+"""Memorisation of forget text, from one teacher-forced pass per document.
+
+* Exact memorisation (Tirumala et al., 2022): the fraction of a document's continuation tokens that are the
+  model's argmax given the true prefix. Ideal after unlearning: the oracle's value; 1.0 = verbatim memory.
+* Extraction strength (Carlini et al., 2021, as used by Ye et al., 2024): ``1 - k / n`` where k is the shortest
+  prefix from which greedy decoding reproduces the rest of the n-token document. Greedy decoding from prefix k
+  reproduces the rest exactly when every later token is the argmax given its true prefix, so k is one past the
+  last position where the argmax is wrong, and a single teacher-forced pass gives it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+
+
+def argmax_hits(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[bool]]:
+    """For each text, whether token t+1 is the model's argmax after the true tokens up to t."""
+    import torch
+
+    encoded = [tokenizer(text).input_ids for text in texts]
+    hits: list[list[bool]] = [[] for _ in texts]
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+            input_ids = input_ids.to(device)
+            predicted = model(input_ids=input_ids, attention_mask=attention_mask.to(device)).logits[:, :-1].argmax(-1)
+            correct = (predicted == input_ids[:, 1:]).tolist()
+            for row, i in enumerate(indices):
+                hits[i] = correct[row][: len(encoded[i]) - 1]
+    return hits
+
+
+def exact_memorisation(hits: Sequence[bool]) -> float:
+    return sum(hits) / len(hits) if hits else 0.0
+
+
+def extraction_strength(hits: Sequence[bool]) -> float:
+    """``hits[t]`` says whether token t+1 is predicted from tokens 0..t. With n tokens (n-1 hits), the shortest
+    prefix k (1 <= k <= n) after which every prediction is right gives ``1 - k / n``."""
+    n = len(hits) + 1
+    last_miss = max((t for t, hit in enumerate(hits) if not hit), default=-1)
+    prefix = last_miss + 2  # token last_miss+1 was mispredicted, so it must be in the prefix
+    return 1 - prefix / n

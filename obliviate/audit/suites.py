@@ -1,0 +1,286 @@
+"""``obliviate audit``: evidence of forgetting from several independent angles, for one model.
+
+Suites: ``mia``, ``muse``, ``tofu``, ``distance``, ``memorisation``, ``attacks``. Every metric is reported as
+``{"value", "better", "ideal"}``: ``better`` is ``"higher"``, ``"lower"`` or ``"closer"`` (closer to ``ideal``).
+Suites that compare with the oracle (the model never trained on the forget set) or with the original model
+refuse to run without them, naming the option to give: there is no silent default.
+
+Heavy per-item work (forward passes, generation) goes through :func:`obliviate.distributed.shard_map`, so the
+audit runs data-parallel under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from obliviate.data.lume import documents_from_probes
+from obliviate.data.records import Document, Probe, ProbeKind
+from obliviate.distributed import shard_map
+from obliviate.errors import InputError
+
+SUITES = ("mia", "muse", "tofu", "distance", "memorisation", "attacks")
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
+NEEDS = {"muse": ("oracle", "reference"), "tofu": ("oracle",), "distance": ("oracle",)}
+
+
+def metric(value: float, better: str, ideal=None) -> dict:
+    return {"value": value, "better": better, "ideal": ideal}
+
+
+@dataclass
+class AuditData:
+    forget: list[Probe]
+    retain: list[Probe]
+    nonmembers: list[Document]
+    utility: list[Probe] = field(default_factory=list)
+
+    @property
+    def members(self) -> list[Document]:
+        return documents_from_probes(self.forget)
+
+
+@dataclass
+class AuditSettings:
+    suites: Sequence[str] = SUITES
+    mia_attacks: Sequence[str] = MIA_ATTACKS
+    batch_size: int = 16
+    answer_tokens: int = 32  # new tokens for short answers (KnowMem, attacks)
+    continuation_tokens: int = 128  # new tokens for document continuations (VerbMem, attacks)
+    relearn_steps: int = 10
+    relearn_learning_rate: float = 1e-4
+
+
+def check_request(settings: AuditSettings, have_oracle: bool, have_reference: bool) -> None:
+    """Fail before any model loads when a requested suite lacks what it compares with."""
+    for suite in settings.suites:
+        if suite not in SUITES:
+            from obliviate.config import suggest
+
+            raise InputError(f"unknown suite {suite!r}{suggest(suite, SUITES)} (known: {', '.join(SUITES)})",
+                             field="suites")
+    for attack in settings.mia_attacks:
+        if attack not in MIA_ATTACKS:
+            raise InputError(f"unknown MIA attack {attack!r} (known: {', '.join(MIA_ATTACKS)})", field="mia-attacks")
+    given = {"oracle": have_oracle, "reference": have_reference}
+    for suite in settings.suites:
+        for need in NEEDS.get(suite, ()):
+            if not given[need]:
+                what = ("the oracle (a model trained without the forget set)" if need == "oracle"
+                        else "the original model before unlearning")
+                raise InputError(f"suite {suite!r} compares with {what}: give --{need} DIR", field=need)
+    if "mia" in settings.suites and "reference" in settings.mia_attacks and not have_reference:
+        raise InputError("the reference MIA attack needs --reference DIR (the original model or the oracle); "
+                         "or leave it out with --mia-attacks", field="reference")
+
+
+def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, oracle=None, reference=None,
+              log: Callable[[str], None] = lambda message: None) -> dict:
+    check_request(settings, oracle is not None, reference is not None)
+    results = {}
+    for suite in settings.suites:
+        log(f"audit: {suite}")
+        results[suite] = SUITE_FUNCTIONS[suite](model, tokenizer, data, settings, oracle=oracle, reference=reference)
+    return results
+
+
+# --- shared per-model computations --------------------------------------------------------------------------
+
+def _token_statistics(model, tokenizer, documents: Sequence[Document], settings: AuditSettings):
+    from obliviate.audit.mia import token_statistics
+
+    return shard_map(lambda docs: token_statistics(model, tokenizer, [d.text for d in docs],
+                                                   batch_size=settings.batch_size, desc=None), documents)
+
+
+def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int) -> list[str]:
+    from obliviate.audit.generation import generate
+
+    return shard_map(lambda chunk: generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                                            batch_size=settings.batch_size, desc=None), prompts)
+
+
+def _knowledge(probes: Sequence[Probe]) -> list[Probe]:
+    return [p for p in probes if p.kind is ProbeKind.KNOWLEDGE]
+
+
+# --- suites -------------------------------------------------------------------------------------------------
+
+def attack_family(score_name: str) -> str:
+    """``min_k_plus_plus_20`` -> ``min_k_plus_plus``; ``min_k_40`` -> ``min_k``; others are their own family."""
+    for family in ("min_k_plus_plus", "min_k"):
+        if score_name.startswith(family + "_") and score_name[len(family) + 1:].isdigit():
+            return family
+    return score_name
+
+
+def mia_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.mia import attack_scores, gradient_norms, roc_summary
+
+    groups = {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
+    stats = {name: _token_statistics(model, tokenizer, docs, settings) for name, docs in groups.items()}
+    reference_losses = {}
+    if "reference" in settings.mia_attacks:
+        for name, docs in groups.items():
+            reference_stats = _token_statistics(reference, tokenizer, docs, settings)
+            reference_losses[name] = [-statistics.mean(s.log_probs) for s in reference_stats]
+    scores = {name: [attack_scores(s, d.text, reference_losses.get(name, [None] * len(docs))[i])
+                     for i, (s, d) in enumerate(zip(stats[name], docs))] for name, docs in groups.items()}
+    if "gradnorm" in settings.mia_attacks:
+        for name, docs in groups.items():
+            norms = shard_map(lambda chunk: gradient_norms(model, tokenizer, [d.text for d in chunk], desc=None),
+                              docs)
+            for row, norm in zip(scores[name], norms):
+                row["gradnorm"] = -norm
+    wanted = [key for key in scores["forget"][0] if attack_family(key) in settings.mia_attacks]
+    result = {}
+    for members in ("forget", "retain"):
+        block = {}
+        for key in wanted:
+            summary = roc_summary([row[key] for row in scores[members]], [row[key] for row in scores["nonmember"]])
+            block[key] = {
+                "auc": metric(summary["auc"], "closer" if members == "forget" else "higher",
+                              0.5 if members == "forget" else None),
+                "tpr@1%fpr": metric(summary["tpr@1%fpr"], "lower" if members == "forget" else "higher",
+                                    0.01 if members == "forget" else None),
+                "tpr@5%fpr": metric(summary["tpr@5%fpr"], "lower" if members == "forget" else "higher",
+                                    0.05 if members == "forget" else None),
+            }
+        result[f"{members}_vs_nonmember"] = block
+    return result
+
+
+def muse_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.mia import min_k_mean, roc_summary
+    from obliviate.audit.muse import knowmem, privleak, verbatim_prompts, rouge_l_f1
+
+    pairs = verbatim_prompts(tokenizer, data.members, continuation_tokens=settings.continuation_tokens)
+    continuations = _generate(model, tokenizer, [prompt for prompt, _ in pairs], settings,
+                              settings.continuation_tokens)
+    verbmem = statistics.mean(rouge_l_f1(ref, out) for (_, ref), out in zip(pairs, continuations))
+
+    def knowmem_of(which_model, probes):
+        questions = _knowledge(probes)
+        answers = _generate(which_model, tokenizer, [p.input for p in questions], settings, settings.answer_tokens)
+        return knowmem([p.output for p in questions], answers)
+
+    def min_k_40_auc(which_model):
+        member = [min_k_mean(s.log_probs, 0.4) for s in _token_statistics(which_model, tokenizer, data.members,
+                                                                          settings)]
+        holdout = [min_k_mean(s.log_probs, 0.4) for s in _token_statistics(which_model, tokenizer,
+                                                                           data.nonmembers, settings)]
+        return roc_summary(member, holdout)["auc"]
+
+    retain_knowmem = knowmem_of(model, data.retain)
+    original_knowmem = knowmem_of(reference, data.retain)
+    model_auc, oracle_auc = min_k_40_auc(model), min_k_40_auc(oracle)
+    return {
+        "verbmem_forget": metric(verbmem, "lower", 0.0),
+        "knowmem_forget": metric(knowmem_of(model, data.forget), "lower", 0.0),
+        "knowmem_retain": metric(retain_knowmem, "higher", 1.0),
+        "privleak": metric(privleak(model_auc, oracle_auc), "closer", 0.0),
+        "privleak_auc": {"model": model_auc, "oracle": oracle_auc},
+        # Retain KnowMem relative to the original model's; undefined (None) when the original scores 0.
+        "utility_preservation": metric(retain_knowmem / original_knowmem if original_knowmem else None,
+                                       "higher", 1.0),
+    }
+
+
+def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.lume import regurgitation_score
+    from obliviate.audit.tofu import forget_quality, model_utility, perturbed_answers, truth_ratios
+
+    pool = data.forget + data.retain + data.utility
+    perturbations = perturbed_answers(data.forget + data.retain, pool)
+    forget_model = truth_ratios(model, tokenizer, data.forget, perturbations)
+    forget_oracle = truth_ratios(oracle, tokenizer, data.forget, perturbations)
+    retain_model = truth_ratios(model, tokenizer, data.retain, perturbations)
+    questions = [p for p in _knowledge(data.retain) if p.id in retain_model]
+    answers = _generate(model, tokenizer, [p.input for p in questions], settings, settings.answer_tokens)
+    rouge = [regurgitation_score(p.output, a) for p, a in zip(questions, answers)]
+    return {
+        "forget_quality": metric(forget_quality([r["truth_ratio"] for r in forget_model.values()],
+                                                [r["truth_ratio"] for r in forget_oracle.values()]), "higher", 1.0),
+        "forget_truth_ratio_mean": metric(statistics.mean(r["truth_ratio"] for r in forget_model.values()),
+                                          "closer", statistics.mean(r["truth_ratio"]
+                                                                    for r in forget_oracle.values())),
+        "forget_probability": metric(statistics.mean(r["probability"] for r in forget_model.values()), "lower",
+                                     None),
+        "model_utility": metric(model_utility([retain_model[p.id]["probability_share"] for p in questions], rouge,
+                                              [retain_model[p.id]["truth_ratio"] for p in questions]),
+                                "higher", 1.0),
+        "questions": {"forget": len(forget_model), "retain": len(questions)},
+    }
+
+
+def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.distance import kl_to_oracle
+
+    groups = {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
+    result = {}
+    for name, docs in groups.items():
+        per_doc = shard_map(lambda chunk: kl_to_oracle(model, oracle, tokenizer, [d.text for d in chunk],
+                                                       settings.batch_size), docs)
+        result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc), "lower", 0.0)
+    return result
+
+
+def memorisation_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.memorisation import argmax_hits, exact_memorisation, extraction_strength
+
+    result = {}
+    for name, docs in (("forget", data.members), ("retain", documents_from_probes(data.retain))):
+        hits = shard_map(lambda chunk: argmax_hits(model, tokenizer, [d.text for d in chunk],
+                                                   settings.batch_size), docs)
+        better = "lower" if name == "forget" else "higher"
+        result[f"exact_memorisation_{name}"] = metric(statistics.mean(map(exact_memorisation, hits)), better,
+                                                      0.0 if name == "forget" else 1.0)
+        result[f"extraction_strength_{name}"] = metric(statistics.mean(map(extraction_strength, hits)), better,
+                                                       0.0 if name == "forget" else 1.0)
+    return result
+
+
+def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
+    from obliviate.audit.attacks import (PARAPHRASE_TEMPLATES, paraphrased, quantise_linear_weights,
+                                         relearned_copy, split_by_document, with_document_prefix)
+
+    def scores(which_model, probes) -> dict:
+        from obliviate.audit.lume import Generation, probe_score
+
+        outputs = _generate(which_model, tokenizer, [p.input for p in probes], settings, settings.answer_tokens
+                            if all(p.kind is ProbeKind.KNOWLEDGE for p in probes) else settings.continuation_tokens)
+        by_kind: dict[str, list[float]] = {}
+        for probe, output in zip(probes, outputs):
+            value = probe_score(Generation(probe.id, probe.task, probe.input, probe.output, output))
+            by_kind.setdefault(probe.kind.value, []).append(value)
+        return {kind: metric(statistics.mean(values), "lower", 0.0) for kind, values in sorted(by_kind.items())}
+
+    import copy
+
+    result = {}
+    attacker_half, held_out = split_by_document(data.forget)
+    relearned = relearned_copy(model, tokenizer, attacker_half, steps=settings.relearn_steps,
+                               learning_rate=settings.relearn_learning_rate)
+    result["relearning"] = {"before": scores(model, held_out), "after": scores(relearned, held_out),
+                            "steps": settings.relearn_steps, "trained_on_documents":
+                                len({p.document_id for p in attacker_half})}
+    del relearned
+    before = scores(model, data.forget)
+    for bits in (8, 4):
+        quantised = copy.deepcopy(model)  # quantisation is applied to a copy; the audited weights stay intact
+        quantise_linear_weights(quantised, bits)
+        result[f"quantisation_{bits}bit"] = {"before": before, "after": scores(quantised, data.forget)}
+        del quantised
+    questions = _knowledge(data.forget)
+    plain = scores(model, questions)
+    result["paraphrase"] = {"before": plain, "after": {
+        f"template_{i}": scores(model, paraphrased(questions, template))
+        for i, template in enumerate(PARAPHRASE_TEMPLATES)}, "templates": list(PARAPHRASE_TEMPLATES)}
+    result["in_context_prefix"] = {"before": plain, "after": scores(model, with_document_prefix(data.forget,
+                                                                                                tokenizer))}
+    return result
+
+
+SUITE_FUNCTIONS = {"mia": mia_suite, "muse": muse_suite, "tofu": tofu_suite, "distance": distance_suite,
+                   "memorisation": memorisation_suite, "attacks": attacks_suite}

@@ -1,0 +1,46 @@
+"""Data-parallel evaluation through accelerate: under ``accelerate launch`` each process handles a contiguous
+shard of the items and the results are gathered back in order; in a single process it is a plain call."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return world_size() == 1 or _state().is_main_process
+
+
+def device():
+    """The device this process should put its model on."""
+    import torch
+
+    if world_size() > 1:
+        return _state().device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def shard_map(function: Callable[[list[T]], list[R]], items: Sequence[T]) -> list[R]:
+    """``function(items)``, computed shard by shard across processes; every process gets the whole result."""
+    if world_size() == 1:
+        return function(list(items))
+    from accelerate.utils import gather_object
+
+    state = _state()
+    with state.split_between_processes(list(items)) as shard:
+        part = function(list(shard)) if shard else []
+    return gather_object(part)
