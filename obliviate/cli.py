@@ -253,6 +253,7 @@ def _gate_reference(value: str) -> float:
 def cmd_evaluate(args) -> int:
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate
     from obliviate.data.lume import load_documents, load_probe_dir, load_probes
+    from obliviate.distributed import device, is_main_process, world_size
     from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.models.loading import check_model_dir, load_model
 
@@ -276,12 +277,15 @@ def cmd_evaluate(args) -> int:
         subjects(args.mmlu)  # validates the layout before the model loads
         data.mmlu_dir, data.mmlu_shots, data.mmlu_limit = Path(args.mmlu), args.mmlu_shots, args.mmlu_limit
     original_utility = _gate_reference(args.gate) if args.gate else None
-    loaded = load_model(args.model, dtype=args.dtype)
+    loaded = load_model(args.model, dtype=args.dtype, device=str(device()))
     results = evaluate(loaded.model, loaded.tokenizer, data, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size)
     collapsed = apply_gate(results, original_utility) if original_utility is not None else False
+    if not is_main_process():  # under accelerate launch every process holds the gathered results; one writes
+        return EXIT_COLLAPSED if collapsed else 0
     results["command"] = _command_line()
     results["model"] = str(Path(args.model).resolve())
+    results["processes"] = world_size()
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_json_atomic(tmp / "evaluation_results.json", results)
     _print_summary(results)
@@ -300,7 +304,7 @@ def _print_summary(results: dict) -> None:
 def cmd_audit(args) -> int:
     from obliviate.audit.suites import AuditData, AuditSettings, check_request, run_audit
     from obliviate.data.lume import load_documents, load_probe_dir, load_probes
-    from obliviate.distributed import device, is_main_process
+    from obliviate.distributed import device, is_main_process, world_size
     from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.models.loading import check_model_dir, load_model
     from obliviate.report.audit import audit_markdown
@@ -328,7 +332,7 @@ def cmd_audit(args) -> int:
     if not is_main_process():
         return 0
     report = {"model": str(Path(args.model).resolve()), "oracle": args.oracle, "reference": args.reference,
-              "data": str(data_dir), "command": _command_line(), "suites": results}
+              "data": str(data_dir), "command": _command_line(), "processes": world_size(), "suites": results}
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_json_atomic(tmp / "audit.json", report)
         (tmp / "audit.md").write_text(audit_markdown({Path(args.model).name: results}))

@@ -10,9 +10,11 @@ R = TypeVar("R")
 
 
 def _state():
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    # Without an accelerator, accelerate only joins a multi-process CPU group when told it runs on CPU.
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def world_size() -> int:

@@ -13,7 +13,6 @@ Each attack reports the forget scores (LUME regurgitation and knowledge) after t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Sequence
 
 from obliviate.data.records import Probe, ProbeKind
@@ -55,28 +54,33 @@ def with_document_prefix(probes: Sequence[Probe], tokenizer, prefix_tokens: int 
             for p in probes if p.kind is ProbeKind.KNOWLEDGE and p.document_id in openings]
 
 
-@dataclass
-class Relearn:
-    """The relearning attack's objective: plain NLL on the attacker's share of the forget set."""
-
-    needs_retain = False
-    needs_reference = None
-
-    def loss(self, model, batch, reference_model=None):
-        from obliviate.losses import mean_nll
-
-        nll = mean_nll(model(input_ids=batch["forget_input_ids"],
-                             attention_mask=batch["forget_attention_mask"]).logits, batch["forget_labels"])
-        return nll, {"forget_nll": nll.item()}
-
-
 def relearned_copy(model, tokenizer, probes: Sequence[Probe], *, steps: int = 10, learning_rate: float = 1e-4,
-                   batch_size: int = 4):
-    """A copy of ``model`` fine-tuned on ``probes``; the audited model itself is left untouched."""
-    from obliviate.training.config import TrainingConfig
-    from obliviate.training.unlearn import train_with
+                   batch_size: int = 4, seed: int = 0):
+    """A copy of ``model`` fine-tuned with plain NLL on ``probes``; the audited model itself is left untouched.
+
+    A short local loop rather than the unlearning trainer: under ``accelerate launch`` every process runs the
+    same attack on its own copy (no gradient all-reduce), so each audits exactly the model one process would.
+    """
+    import torch
+
+    from obliviate.batching import pad_id_of
+    from obliviate.losses import mean_nll
+    from obliviate.training.data import encode_probes, pad
 
     attacked = copy.deepcopy(model)  # the attack needs its own weights; the original must stay as audited
-    settings = TrainingConfig(learning_rate=learning_rate, max_steps=steps, batch_size=batch_size)
-    train_with(Relearn(), attacked, tokenizer, probes, [], settings, progress=False)
+    examples = encode_probes(tokenizer, probes, max_length=512)
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate,
+                                  weight_decay=0.0)
+    device = next(attacked.parameters()).device
+    attacked.train()
+    for step in range(steps):
+        chosen = [examples[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
+        batch = {key: value.to(device) for key, value in pad(chosen, pad_id_of(tokenizer)).items()}
+        logits = attacked(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = mean_nll(logits, batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    attacked.eval()
     return attacked

@@ -32,6 +32,7 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
     from obliviate.audit.generation import generate
     from obliviate.audit.likelihood import document_losses
     from obliviate.audit.utility import mmlu_accuracy, utility_set_score
+    from obliviate.distributed import shard_map
 
     started = time.time()
     label = f"{desc}: " if desc else ""
@@ -39,8 +40,10 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
     if data.utility and data.mmlu_dir is None:
         sets["utility"] = data.utility
     probes = [p for name in sets for p in sets[name]]
-    outputs = generate(model, tokenizer, [p.input for p in probes], max_new_tokens=max_new_tokens,
-                       batch_size=batch_size, desc=f"{label}generating")
+    # Under ``accelerate launch`` each process handles a shard of the probes and documents; results are gathered.
+    outputs = shard_map(lambda prompts: generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size, desc=f"{label}generating"),
+                        [p.input for p in probes])
     generations: dict[str, list[Generation]] = {}
     position = 0
     for name, members in sets.items():
@@ -50,10 +53,12 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
 
     member_losses = nonmember_losses = None
     if data.members is not None and data.nonmembers is not None:
-        member_losses = document_losses(model, tokenizer, [d.text for d in data.members], batch_size=batch_size,
-                                        desc=f"{label}member losses")
-        nonmember_losses = document_losses(model, tokenizer, [d.text for d in data.nonmembers],
-                                           batch_size=batch_size, desc=f"{label}non-member losses")
+        def losses(documents, what):
+            return shard_map(lambda texts: document_losses(model, tokenizer, texts, batch_size=batch_size,
+                                                           desc=f"{label}{what} losses"),
+                             [d.text for d in documents])
+
+        member_losses, nonmember_losses = losses(data.members, "member"), losses(data.nonmembers, "non-member")
 
     utility = utility_details = None
     results_extra = {}

@@ -80,6 +80,8 @@ def truth_ratio(correct_log_prob: float, perturbed_log_probs: Sequence[float]) -
 
 def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[str, list[str]]) -> dict[str, dict]:
     """Per knowledge probe: normalised answer probability, truth ratio and normalised probability share."""
+    from obliviate.distributed import shard_map
+
     items = [p for p in probes if p.kind is ProbeKind.KNOWLEDGE and perturbations.get(p.id)]
     pairs, spans = [], []
     for probe in items:
@@ -87,7 +89,7 @@ def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[
         pairs.append((probe.input, probe.output))
         pairs += [(probe.input, wrong) for wrong in perturbations[probe.id]]
         spans.append((start, len(pairs)))
-    log_probs = answer_log_probs(model, tokenizer, pairs)
+    log_probs = shard_map(lambda chunk: answer_log_probs(model, tokenizer, chunk), pairs)
     results = {}
     for probe, (start, end) in zip(items, spans):
         correct, wrong = log_probs[start], log_probs[start + 1:end]

@@ -48,35 +48,45 @@ def mmlu_prompt(tokenizer, question: Question, dev: Sequence[Question], shots: i
 def mmlu_accuracy(model, tokenizer, mmlu_dir: str | Path, *, shots: int = 5, limit_per_subject: int | None = None,
                   subjects: list[str] | None = None, batch_size: int = 8, seed: int = 42) -> dict:
     """Average accuracy over all questions, and per subject."""
-    import torch
-
     data = load_mmlu(mmlu_dir, subjects)
     items: list[tuple[str, str, str]] = []  # subject, prompt, answer
     for subject, (dev, test) in data.items():
         if limit_per_subject is not None and limit_per_subject < len(test):
             test = random.Random(seed).sample(test, limit_per_subject)
         items += [(subject, mmlu_prompt(tokenizer, q, dev, shots), q.answer) for q in test]
-    choice_ids = [tokenizer.encode(" " + letter, add_special_tokens=False)[-1] for letter in CHOICES]
-    device = next(model.parameters()).device
-    encoded = [tokenizer(prompt).input_ids for _, prompt, _ in items]
-    correct = [False] * len(items)
-    model.eval()
-    with torch.no_grad(), progress_bar(total=len(items), desc="MMLU", unit="question") as bar:
-        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-            # Left padding: every prompt's last token sits at position -1.
-            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
-                                                      side="left")
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, -1]
-            predicted = logits[:, choice_ids].argmax(dim=-1).tolist()
-            for i, choice in zip(indices, predicted):
-                correct[i] = CHOICES[choice] == items[i][2]
-            bar.update(len(indices))
+    from obliviate.distributed import shard_map
+
+    # Each process scores a shard of the questions under ``accelerate launch``; one process scores them all.
+    predicted = shard_map(lambda prompts: predict_choices(model, tokenizer, prompts, batch_size),
+                          [prompt for _, prompt, _ in items])
+    correct = [letter == answer for letter, (_, _, answer) in zip(predicted, items)]
     per_subject = {}
     for subject in data:
         flags = [c for (s, _, _), c in zip(items, correct) if s == subject]
         per_subject[subject] = sum(flags) / len(flags) if flags else float("nan")
     return {"average_acc": sum(correct) / len(correct) if correct else float("nan"), "questions": len(items),
             "shots": shots, "subjects": per_subject}
+
+
+def predict_choices(model, tokenizer, prompts: Sequence[str], batch_size: int = 8) -> list[str]:
+    """The letter whose " A".." D" token is most probable after each prompt."""
+    import torch
+
+    choice_ids = [tokenizer.encode(" " + letter, add_special_tokens=False)[-1] for letter in CHOICES]
+    device = next(model.parameters()).device
+    encoded = [tokenizer(prompt).input_ids for prompt in prompts]
+    predicted = [""] * len(prompts)
+    model.eval()
+    with torch.no_grad(), progress_bar(total=len(prompts), desc="MMLU", unit="question") as bar:
+        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+            # Left padding: every prompt's last token sits at position -1.
+            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
+                                                      side="left")
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, -1]
+            for i, choice in zip(indices, logits[:, choice_ids].argmax(dim=-1).tolist()):
+                predicted[i] = CHOICES[choice]
+            bar.update(len(indices))
+    return predicted
 
 
 def utility_set_score(split_result: dict) -> float:

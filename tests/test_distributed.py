@@ -1,0 +1,72 @@
+"""Data-parallel evaluation: ``accelerate launch`` on 2 CPU processes gives the same results as one process.
+
+Each process scores a shard (generations, losses, token statistics) and the results are gathered; the reports
+must agree with a single-process run to floating-point noise. Run with ``pytest -m distributed``.
+
+``accelerate launch --multi_gpu`` starts the processes through torch's elastic launcher; on a machine without a
+GPU (CI, this test) they join a CPU (gloo) process group, which is how a 2-process run fits on a laptop.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import build_tiny_model
+
+pytestmark = pytest.mark.distributed
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+          "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "obliviate"]
+SINGLE = [sys.executable, "-m", "obliviate"]
+
+
+def _run(prefix, args):
+    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(prefix + args, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _assert_same(single, launched, path="") -> None:
+    if isinstance(single, dict):
+        assert set(single) == set(launched), path
+        for key in single:
+            _assert_same(single[key], launched[key], f"{path}/{key}")
+    elif isinstance(single, list):
+        assert len(single) == len(launched), path
+        for index, (a, b) in enumerate(zip(single, launched)):
+            _assert_same(a, b, f"{path}[{index}]")
+    elif isinstance(single, float):
+        assert launched == pytest.approx(single, rel=1e-4, abs=1e-5), path
+    else:
+        assert single == launched, path
+
+
+def test_audit_on_two_processes_matches_one(tmp_path, tiny_model_dir, tiny_lume_dir, tiny_tokenizer):
+    from obliviate.models.loading import save_model
+
+    oracle = tmp_path / "oracle"
+    save_model(build_tiny_model(tiny_tokenizer, seed=1), tiny_tokenizer, oracle)
+    args = ["audit", "--model", str(tiny_model_dir), "--data", str(tiny_lume_dir), "--oracle", str(oracle),
+            "--reference", str(tiny_model_dir), "--relearn-steps", "2", "--max-new-tokens", "8", "--batch-size", "4"]
+    _run(SINGLE, args + ["--out", str(tmp_path / "one")])
+    _run(LAUNCH, args + ["--out", str(tmp_path / "two")])
+    one = json.loads((tmp_path / "one" / "audit.json").read_text())
+    two = json.loads((tmp_path / "two" / "audit.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    _assert_same(one["suites"], two["suites"])
+
+
+def test_evaluate_on_two_processes_matches_one(tmp_path, tiny_model_dir, tiny_lume_dir):
+    args = ["evaluate", "--model", str(tiny_model_dir), "--data", str(tiny_lume_dir), "--mia", str(tiny_lume_dir),
+            "--max-new-tokens", "8", "--batch-size", "4"]
+    _run(SINGLE, args + ["--out", str(tmp_path / "one")])
+    _run(LAUNCH, args + ["--out", str(tmp_path / "two")])
+    one = json.loads((tmp_path / "one" / "evaluation_results.json").read_text())
+    two = json.loads((tmp_path / "two" / "evaluation_results.json").read_text())
+    assert (one["processes"], two["processes"]) == (1, 2)
+    for key in ("command", "evaluation_seconds", "processes"):
+        one.pop(key), two.pop(key)
+    _assert_same(one, two)
