@@ -19,6 +19,10 @@ REGISTRY: dict[str, str] = {
     "GradDiff": "obliviate.methods.grad_diff:GradDiff",
     "KL": "obliviate.methods.kl:KL",
     "NPO": "obliviate.methods.npo:NPO",
+    "NGDiff": "obliviate.methods.ngdiff:NGDiff",
+    "TaskVector": "obliviate.methods.task_vector:TaskVector",
+    "LoRANegation": "obliviate.methods.lora_negation:LoRANegation",
+    "ZJUKLAB": "obliviate.methods.zjuklab:ZJUKLAB",
 }
 
 

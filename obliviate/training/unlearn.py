@@ -71,8 +71,13 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     """Train ``model`` in place with the planned method and return it with a record of the run."""
     method = get_method(run_plan.method_name)(run_plan.method_config)
     started = time.time()
-    record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
-                        reference_loader=reference_loader, progress=progress)
+    if hasattr(method, "run"):
+        # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
+        # its result in `model`; its record reports the total optimizer steps as "steps".
+        record = method.run(model, tokenizer, forget, retain, run_plan.training, reference_loader, progress)
+    else:
+        record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
+                            reference_loader=reference_loader, progress=progress)
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
               **record, "wall_seconds": time.time() - started}
     return UnlearnResult(model=model, record=record)
