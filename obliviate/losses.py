@@ -57,3 +57,62 @@ def kl_divergence(reference_logits: torch.Tensor, policy_logits: torch.Tensor, l
     policy = F.log_softmax(policy_logits[:, :-1].float(), dim=-1)
     per_token = F.kl_div(policy, reference, log_target=True, reduction="none").sum(dim=-1)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def simnpo_loss(policy_log_probs: torch.Tensor, lengths: torch.Tensor, beta: float, margin: float) -> torch.Tensor:
+    """SimNPO (Fan et al., 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM
+    Unlearning"): ``-(2 / beta) * mean logsigmoid(-(beta / |y|) * log pi_theta(y|x) - margin)``.
+
+    NPO without the reference model: the sequence log-probability is divided by its number of labelled tokens
+    ``|y|`` (so long documents do not dominate short answers), and ``margin`` is the paper's gamma.
+    """
+    average_log_probs = policy_log_probs / lengths.clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(-beta * average_log_probs - margin).mean()
+
+
+def weighted_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """Weighted gradient ascent's forget term (Wang et al., 2025, "Rethinking LLM Unlearning Objectives: A
+    Gradient Perspective and Go Beyond"): mean over labelled tokens of ``p_t ** beta * log p_t``.
+
+    Minimising it ascends the NLL, but each token's weight ``p_t ** beta`` is detached: a token the model has
+    already forgotten (small ``p_t``) stops pulling, which is what keeps WGA from GA's runaway divergence.
+    """
+    log_probs, mask = token_log_probs(logits, labels)
+    weights = torch.exp(beta * log_probs).detach() * mask
+    return (weights * log_probs).sum() / mask.sum().clamp(min=1)
+
+
+def undial_target(reference_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
+    """UNDIAL's adjusted target (Dong et al., 2024, "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in LLMs"): ``softmax(reference_logits - beta * onehot(next token))`` at every predicted position.
+
+    Only the true next token's logit is lowered, so the rest of the reference distribution keeps its ranking.
+    Shape (batch, length - 1, vocab); positions without a label get the unadjusted reference distribution.
+    """
+    logits = reference_logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    shift = F.one_hot(targets.masked_fill(~mask, 0), logits.shape[-1]).to(logits.dtype) * mask.unsqueeze(-1)
+    return F.softmax(logits - beta * shift, dim=-1)
+
+
+def undial_loss(policy_logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor,
+                beta: float) -> torch.Tensor:
+    """Mean over labelled positions of the cross-entropy of the policy against UNDIAL's (detached) target."""
+    target = undial_target(reference_logits.detach(), labels, beta)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    policy = F.log_softmax(policy_logits[:, :-1].float(), dim=-1)
+    per_token = -(target * policy).sum(dim=-1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dpo_loss(chosen_log_probs: torch.Tensor, rejected_log_probs: torch.Tensor,
+             reference_chosen_log_probs: torch.Tensor, reference_rejected_log_probs: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """Direct Preference Optimization (Rafailov et al., 2023), eq. 7, on per-sequence summed log-probabilities:
+
+    ``-mean logsigmoid(beta * ((log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))))``.
+    """
+    chosen_ratio = chosen_log_probs - reference_chosen_log_probs
+    rejected_ratio = rejected_log_probs - reference_rejected_log_probs
+    return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()

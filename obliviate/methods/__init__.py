@@ -23,6 +23,11 @@ REGISTRY: dict[str, str] = {
     "TaskVector": "obliviate.methods.task_vector:TaskVector",
     "LoRANegation": "obliviate.methods.lora_negation:LoRANegation",
     "ZJUKLAB": "obliviate.methods.zjuklab:ZJUKLAB",
+    "SimNPO": "obliviate.methods.simnpo:SimNPO",
+    "WGA": "obliviate.methods.wga:WGA",
+    "UNDIAL": "obliviate.methods.undial:UNDIAL",
+    "IdkDPO": "obliviate.methods.idk_dpo:IdkDPO",
+    "IdkNLL": "obliviate.methods.idk_nll:IdkNLL",
 }
 
 

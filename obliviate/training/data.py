@@ -28,11 +28,16 @@ def encode_probes(tokenizer, probes: Sequence[Probe], max_length: int, loss_on: 
 
 
 class PairedDataset:
-    """Item i pairs forget example ``i % F`` with retain example ``i % R``; its length covers both sets."""
+    """Item i pairs forget example ``i % F`` with retain example ``i % R``; its length covers both sets.
 
-    def __init__(self, forget: list[dict], retain: list[dict] | None):
+    ``refusal`` (optional) holds one example per forget example, the same probe answered with a refusal; it
+    travels with its forget example.
+    """
+
+    def __init__(self, forget: list[dict], retain: list[dict] | None, refusal: list[dict] | None = None):
         self.forget = forget
         self.retain = retain or []
+        self.refusal = refusal or []
 
     def __len__(self) -> int:
         return max(len(self.forget), len(self.retain))
@@ -41,6 +46,8 @@ class PairedDataset:
         item = {"forget": self.forget[index % len(self.forget)]}
         if self.retain:
             item["retain"] = self.retain[index % len(self.retain)]
+        if self.refusal:
+            item["refusal"] = self.refusal[index % len(self.forget)]
         return item
 
 
@@ -52,7 +59,8 @@ def pad(examples: Sequence[dict], pad_id: int) -> dict:
 
 
 class PairedCollator:
-    """Collates paired items into ``forget_*`` and ``retain_*`` tensors (plus reference log-probs if any)."""
+    """Collates paired items into ``forget_*``, ``retain_*`` and ``refusal_*`` tensors (plus reference
+    log-probs if any)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -61,7 +69,7 @@ class PairedCollator:
         import torch
 
         batch = {}
-        for side in ("forget", "retain"):
+        for side in ("forget", "retain", "refusal"):
             if side not in items[0]:
                 continue
             examples = [item[side] for item in items]

@@ -101,10 +101,17 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     forget_examples = encode_probes(tokenizer, forget, settings.max_length, settings.loss_on)
     retain_examples = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on) \
         if method.needs_retain else None
+    refusal_examples = None
+    if getattr(method, "needs_refusals", False):  # the same forget probes, answered with a refusal
+        from obliviate.data.refusals import refusal_probes
+
+        refusal_examples = encode_probes(tokenizer, refusal_probes(forget), settings.max_length, settings.loss_on)
     pad_id = pad_id_of(tokenizer)
     reference_model = None
     if method.needs_reference == "logprobs":
         attach_reference_log_probs(model, forget_examples, pad_id)
+        if refusal_examples is not None:
+            attach_reference_log_probs(model, refusal_examples, pad_id)
     elif method.needs_reference == "model":
         if reference_loader is None:
             raise InputError(f"{name} needs the original model as a reference", field="model")
@@ -124,7 +131,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             disable_tqdm=not progress, logging_strategy="steps",
         )
         trainer = UnlearningTrainer(
-            model=model, args=args, train_dataset=PairedDataset(forget_examples, retain_examples),
+            model=model, args=args, train_dataset=PairedDataset(forget_examples, retain_examples, refusal_examples),
             data_collator=PairedCollator(pad_id), method=method, reference_model=reference_model,
         )
         _quiet_log_printing(trainer)
