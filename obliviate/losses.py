@@ -116,3 +116,25 @@ def dpo_loss(chosen_log_probs: torch.Tensor, rejected_log_probs: torch.Tensor,
     chosen_ratio = chosen_log_probs - reference_chosen_log_probs
     rejected_ratio = rejected_log_probs - reference_rejected_log_probs
     return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
+
+
+def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between hidden states and a target, over the positions where ``mask`` is set.
+
+    ``hidden`` is (batch, length, dim); ``target`` broadcasts to it (RMU's forget target is one scaled random
+    vector, (dim,)); ``mask`` is (batch, length), e.g. the attention mask, so padding never counts. Each position
+    contributes the mean over ``dim`` of its squared error; positions are averaged. Computed in float32.
+    """
+    per_position = (hidden.float() - target.float()).pow(2).mean(dim=-1)
+    mask = mask.to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def adaptive_retain_weight(retain_loss: float, baseline: float, scale: float = 0.3, base: float = 6.0,
+                           offset: float = 0.8, minimum: float = 1.2, maximum: float = 2.8) -> float:
+    """The SHA256 team's retain weight (Agrawal and Huang, 2025): ``clip(scale * base ** (L - L0) + offset,
+    minimum, maximum)``, L the current retain loss and L0 its average at the start of training, so the retain
+    term weighs more as the retain loss drifts up. With the defaults it stays at ``minimum`` until L exceeds L0.
+    """
+    exponent = min(retain_loss - baseline, 64.0)  # a float power overflows long before; the clip saturates
+    return min(max(scale * base ** exponent + offset, minimum), maximum)

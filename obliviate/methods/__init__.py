@@ -28,6 +28,9 @@ REGISTRY: dict[str, str] = {
     "UNDIAL": "obliviate.methods.undial:UNDIAL",
     "IdkDPO": "obliviate.methods.idk_dpo:IdkDPO",
     "IdkNLL": "obliviate.methods.idk_nll:IdkNLL",
+    "RMU": "obliviate.methods.rmu:RMU",
+    "AILSNTUA": "obliviate.methods.ails_ntua:AILSNTUA",
+    "SHA256": "obliviate.methods.sha256:SHA256",
 }
 
 

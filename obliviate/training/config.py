@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from obliviate.errors import InputError
 from obliviate.methods._shared import require_non_negative, require_positive
+from obliviate.training.scope import DEFAULT_LORA_TARGETS, compile_pattern
 
 
 @dataclass
@@ -22,8 +24,25 @@ class TrainingConfig:
     max_length: int = 512  # tokens per row; longer rows are truncated
     loss_on: Literal["all", "output"] = "all"  # train on whole rows, or only on each row's output tokens
     seed: int = 0
+    # Which weights train (obliviate/training/scope.py). train_params: a regex searched in parameter names;
+    # train_layers: decoder-layer indices ("0,1,2"; negatives count from the end), or "all" to override a
+    # method's own default layers. Unselected weights stay bit-identical.
+    train_params: str | None = None
+    train_layers: list[int] | Literal["all"] | None = None
+    # LoRA adapters (peft) on the selected linear modules, merged into the weights after training.
+    lora: bool = False
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = DEFAULT_LORA_TARGETS  # regex searched in module names: attention and MLP projections
 
     def __post_init__(self):
         require_positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
                          "max_length", "max_grad_norm")
         require_non_negative(self, "warmup_steps", "weight_decay")
+        require_positive(self, "lora_rank", "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise InputError(f"must be in [0, 1), got {self.lora_dropout!r}", field="lora_dropout")
+        for field in ("train_params", "lora_targets"):
+            if getattr(self, field) is not None:
+                compile_pattern(getattr(self, field), field)

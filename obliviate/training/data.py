@@ -72,7 +72,8 @@ class PairedCollator:
         for side in ("forget", "retain", "refusal"):
             if side not in items[0]:
                 continue
-            examples = [item[side] for item in items]
+            # An item may carry several rows of a side (ChunkedDataset: ``retain_ratio`` retain rows per forget row).
+            examples = [e for item in items for e in (item[side] if isinstance(item[side], list) else [item[side]])]
             batch.update({f"{side}_{key}": value for key, value in pad(examples, self.pad_id).items()})
             if "reference_log_prob" in examples[0]:
                 batch[f"{side}_reference_log_probs"] = torch.tensor([e["reference_log_prob"] for e in examples])
@@ -97,3 +98,38 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
             for example, value in zip(chunk, log_probs.tolist()):
                 example["reference_log_prob"] = value
     model.train(was_training)
+
+
+class ChunkedDataset:
+    """AILS-NTUA's schedule (Premptis et al., 2025): the forget set split into disjoint chunks of ``chunk_size``
+    examples, unlearned one chunk after the other; every forget row travels with ``retain_ratio`` retain rows
+    sampled cyclically through the whole retain set (so successive chunks see fresh retain rows).
+
+    ``rows`` items in all (the run's forget rows: steps x batch x accumulation x processes), shared equally by
+    the chunks, in order; within its share a chunk's examples repeat (its "epochs"). Read it in order
+    (``sequential``): shuffling would undo the schedule.
+    """
+
+    sequential = True
+
+    def __init__(self, forget: list[dict], retain: list[dict], chunk_size: int, retain_ratio: int, rows: int):
+        self.chunks = [forget[start:start + chunk_size] for start in range(0, len(forget), chunk_size)]
+        self.retain = retain
+        self.retain_ratio = retain_ratio
+        self.rows = max(rows, len(self.chunks))
+        self.share = self.rows // len(self.chunks)  # the last chunk also takes the remainder
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def chunk_of(self, index: int) -> int:
+        return min(index // self.share, len(self.chunks) - 1)
+
+    def __getitem__(self, index: int) -> dict:
+        chunk_index = self.chunk_of(index)
+        chunk = self.chunks[chunk_index]
+        item = {"forget": chunk[(index - chunk_index * self.share) % len(chunk)]}
+        if self.retain and self.retain_ratio:
+            start = index * self.retain_ratio
+            item["retain"] = [self.retain[(start + k) % len(self.retain)] for k in range(self.retain_ratio)]
+        return item

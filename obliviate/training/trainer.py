@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
 from transformers import Trainer
 
 
@@ -18,7 +19,9 @@ class UnlearningTrainer(Trainer):
         self.reference_model = reference_model
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_count = 0
-        if reference_model is not None:
+        # A module is a frozen copy to prepare; anything else (LoRA's adapters-disabled view of the model being
+        # trained, scope.AdapterDisabledReference) lives where the model lives and must not be frozen.
+        if isinstance(reference_model, torch.nn.Module):
             reference_model.eval()
             reference_model.requires_grad_(False)
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:

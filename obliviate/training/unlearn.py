@@ -92,6 +92,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     from transformers import TrainingArguments
 
     from obliviate.training.data import PairedCollator, PairedDataset, attach_reference_log_probs, encode_probes
+    from obliviate.training.scope import apply_scope
     from obliviate.training.trainer import UnlearningTrainer
 
     name = type(method).__name__
@@ -112,10 +113,13 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         attach_reference_log_probs(model, forget_examples, pad_id)
         if refusal_examples is not None:
             attach_reference_log_probs(model, refusal_examples, pad_id)
-    elif method.needs_reference == "model":
-        if reference_loader is None:
-            raise InputError(f"{name} needs the original model as a reference", field="model")
-        reference_model = reference_loader()
+    elif method.needs_reference == "model" and reference_loader is None and not settings.lora:
+        raise InputError(f"{name} needs the original model as a reference", field="model")
+    # After the reference log-probs (they must come from the untouched model): freeze what is not selected, or
+    # attach LoRA adapters; with adapters the reference model is the same model with them disabled.
+    scope = apply_scope(model, settings, getattr(method, "default_train_layers", None))
+    if method.needs_reference == "model":
+        reference_model = scope.reference if scope.reference is not None else reference_loader()
 
     model.train()
     use_cpu = not torch.cuda.is_available()
@@ -130,12 +134,21 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",
         )
+        dataset = PairedDataset(forget_examples, retain_examples, refusal_examples)
+        if hasattr(method, "training_dataset"):  # a method with its own data schedule (e.g. AILSNTUA's chunks)
+            rows = settings.max_steps * settings.batch_size * settings.gradient_accumulation_steps * args.world_size
+            dataset = method.training_dataset(forget_examples, retain_examples, rows)
+            if getattr(dataset, "sequential", False):
+                args.train_sampling_strategy = "sequential"  # the schedule's order is the point: no shuffling
         trainer = UnlearningTrainer(
-            model=model, args=args, train_dataset=PairedDataset(forget_examples, retain_examples, refusal_examples),
+            model=scope.model, args=args, train_dataset=dataset,
             data_collator=PairedCollator(pad_id), method=method, reference_model=reference_model,
         )
         _quiet_log_printing(trainer)
-        output = trainer.train()
+        try:
+            output = trainer.train()
+        finally:
+            scope.finish()  # merges LoRA adapters into the weights, restores the caller's requires_grad flags
     model.eval()
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     record = {
@@ -144,6 +157,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,
+        "scope": scope.record,
     }
     del reference_model, trainer
     return record
