@@ -202,9 +202,10 @@ def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None)
     return {
         "forget_quality": metric(forget_quality([r["truth_ratio"] for r in forget_model.values()],
                                                 [r["truth_ratio"] for r in forget_oracle.values()]), "higher", 1.0),
-        "forget_truth_ratio_mean": metric(statistics.mean(r["truth_ratio"] for r in forget_model.values()),
-                                          "closer", statistics.mean(r["truth_ratio"]
-                                                                    for r in forget_oracle.values())),
+        # The median, not the mean: a ratio over a near-zero correct-answer probability is unbounded.
+        "forget_truth_ratio_median": metric(statistics.median(r["truth_ratio"] for r in forget_model.values()),
+                                            "closer", statistics.median(r["truth_ratio"]
+                                                                        for r in forget_oracle.values())),
         "forget_probability": metric(statistics.mean(r["probability"] for r in forget_model.values()), "lower",
                                      None),
         "model_utility": metric(model_utility([retain_model[p.id]["probability_share"] for p in questions], rouge,
