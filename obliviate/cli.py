@@ -146,6 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", metavar="DIR", required=True, help="output directory")
     audit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+    tune = commands.add_parser(
+        "tune", help="search a method's learning rate, steps and loss weights on a validation split",
+        description="Search learning rate, steps and the method's loss weights on a validation part of the data "
+                    "(a seeded 40%% of the documents of every set, per task), keep every trial in "
+                    "OUT/trials.jsonl, resume an interrupted search, and write OUT/best.json: the best final "
+                    "score among trials that pass the collapse gate. The rest of the data is written to OUT/test "
+                    "for the final evaluation. Default data: the micro benchmark and its target.")
+    tune.add_argument("--method", required=True, help="method name (see `obliviate methods`)")
+    tune.add_argument("--data", metavar="DIR", help="a LUME-format directory to sample the micro benchmark from "
+                                                    "(default: the bundled benchmark)")
+    tune.add_argument("--model", metavar="DIR", help="tune on this model instead of the micro target, with "
+                                                     "--forget/--retain (see unlearn)")
+    tune.add_argument("--forget", metavar="FILE", help="LUME forget set for --model")
+    tune.add_argument("--retain", metavar="FILE", help="LUME retain set for --model")
+    tune.add_argument("--utility", metavar="FILE", help="LUME-format utility set for --model (enables the gate)")
+    tune.add_argument("--mia", metavar="DIR", help="directory with nonmember.jsonl for --model (enables the MIA)")
+    tune.add_argument("--trials", type=int, default=8, help="trials to run (default 8)")
+    tune.add_argument("--space", action="append", default=[], metavar="key=v1,v2,...",
+                      help="values to search for one option (repeatable); replaces that option's default range")
+    tune.add_argument("--seed", type=int, default=0, help="order of the grid (default 0)")
+    tune.add_argument("--validation-fraction", type=float, default=0.4,
+                      help="share of each task's documents held out for tuning (default 0.4)")
+    tune.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
+    tune.add_argument("--out", metavar="DIR", required=True,
+                      help="output directory; an existing search there is resumed")
+    tune.add_argument("--overwrite", action="store_true", help="discard a search in --out and start again")
+    _add_generation_options(tune)
+
     commands.add_parser("methods", help="list the unlearning methods, what each needs, and its options",
                         description="List the registered unlearning methods with their options and defaults.")
     return parser
@@ -373,6 +401,18 @@ def cmd_micro(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from obliviate.tune import TuneRequest, tune
+
+    request = TuneRequest(
+        method=args.method, out=Path(args.out), trials=args.trials, space=args.space, seed=args.seed,
+        data=args.data, model=args.model, forget=args.forget, retain=args.retain, utility=args.utility,
+        mia=args.mia, validation_fraction=args.validation_fraction, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite)
+    result = tune(request, log=lambda message: print(message, file=sys.stderr, flush=True))
+    return 0 if result.best is not None else EXIT_COLLAPSED
+
+
 def _command_line() -> str:
     return "obliviate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -391,6 +431,7 @@ def _versions() -> dict:
 
 COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "audit": cmd_audit,
             "methods": cmd_methods}
+COMMANDS["tune"] = cmd_tune
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,42 @@
+"""bench/method_costs.py: the rows it trains on, its medians and ratios, its import profile."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "bench" / "method_costs.py"
+
+
+@pytest.fixture(scope="module")
+def costs():
+    spec = importlib.util.spec_from_file_location("method_costs", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rows_are_cycled_to_the_requested_count(costs):
+    forget, retain, available = costs.bench_rows(64)
+    assert len(forget) == len(retain) == 64
+    assert forget[available[0]] == forget[0] and len({p.id for p in forget}) == min(64, available[0])
+
+
+def test_ratios_are_taken_against_graddiff_medians(costs):
+    runs = [{"method": "GradDiff", "mean_step_s": s, "peak_bytes": m * 2**20, "unlearn_s": 1.0}
+            for s, m in ((1.0, 100), (3.0, 110), (2.0, 90))]
+    runs += [{"method": "NPO", "mean_step_s": s, "peak_bytes": m * 2**20, "unlearn_s": 2.0}
+             for s, m in ((2.5, 103), (2.0, 102), (9.0, 101))]
+    table = {row["method"]: row for row in costs.summarise(runs, ["GradDiff", "NPO"])}
+    assert table["GradDiff"]["time_vs_graddiff"] == 1.0
+    assert table["NPO"]["time_vs_graddiff"] == pytest.approx(2.5 / 2.0)  # medians, so the 9 s outlier is ignored
+    assert table["NPO"]["memory_vs_graddiff"] == pytest.approx(102 / 100)
+    text = costs.markdown(list(table.values()), "test")
+    assert "| NPO | 2500.0 | 1.25x | 102.0 | 1.020x | 2.0 |" in text
+
+
+def test_import_profile_names_packages(costs):
+    profile = dict(costs.import_profile("import json"))
+    assert "json" in profile and all(seconds >= 0 for seconds in profile.values())
