@@ -146,6 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--out", metavar="DIR", required=True, help="output directory")
     audit.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+    combined = commands.add_parser(
+        "audit-report", help="one Markdown report comparing several audits side by side",
+        description="Combine the audit.json files written by `obliviate audit` (the same suites for every model) "
+                    "into one Markdown report with a column per model.")
+    combined.add_argument("audits", nargs="+", metavar="NAME=DIR",
+                          help="a column name and the output directory of one `obliviate audit` run")
+    combined.add_argument("--out", metavar="FILE", help="write the report here (default: print it)")
+
+    curves = commands.add_parser(
+        "muse-curves", help="MUSE scalability and sustainability curves for one method",
+        description="Scalability: unlearn forget subsets of growing size, each from the original model. "
+                    "Sustainability: unlearn the forget set as sequential requests, each from the previous "
+                    "result. After each run: VerbMem and KnowMem on what was forgotten, KnowMem on retain. "
+                    "Writes OUT/curves.json, OUT/curves.md and a PNG per curve.")
+    curves.add_argument("--model", metavar="DIR", required=True, help="the original model (see unlearn --model)")
+    curves.add_argument("--forget", metavar="FILE", required=True, help="LUME forget set, or 'bundled'")
+    curves.add_argument("--retain", metavar="FILE", required=True, help="LUME retain set, or 'bundled'")
+    curves.add_argument("--method", required=True, help="method name (see `obliviate methods`)")
+    curves.add_argument("options", nargs="*", metavar="key=value", help="method or training options")
+    curves.add_argument("--curves", default="scalability,sustainability",
+                        help="which curves: scalability, sustainability or both (default both)")
+    curves.add_argument("--sizes", default="0.25,0.5,0.75,1",
+                        help="forget-set fractions for scalability (default 0.25,0.5,0.75,1)")
+    curves.add_argument("--requests", type=int, default=4,
+                        help="sequential requests for sustainability (default 4)")
+    curves.add_argument("--batch-size", type=int, default=16, help="probes per generation batch (default 16)")
+    curves.add_argument("--max-new-tokens", type=int, default=128,
+                        help="tokens generated for document continuations (VerbMem; default 128)")
+    curves.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    curves.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     tune = commands.add_parser(
         "tune", help="search a method's learning rate, steps and loss weights on a validation split",
         description="Search learning rate, steps and the method's loss weights on a validation part of the data "
@@ -368,6 +399,89 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_audit_report(args) -> int:
+    import json
+
+    from obliviate.io import write_text_atomic
+    from obliviate.report.audit import audit_markdown
+
+    models, commands_run = {}, []
+    for item in args.audits:
+        name, separator, directory = item.partition("=")
+        if not separator or not name or not directory:
+            raise InputError(f"expected NAME=DIR, got {item!r}", field="audits")
+        path = Path(directory) / "audit.json"
+        if not path.is_file():
+            raise InputError("no audit.json here (run `obliviate audit --out DIR` first)", path=path)
+        try:
+            report = json.loads(path.read_text())
+            models[name] = report["suites"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise InputError(f"not an audit report ({type(error).__name__}: {error})", path=path) from None
+        commands_run.append(f"- {name}: `{report.get('command', '?')}`")
+    suites = [list(suites) for suites in models.values()]
+    if any(s != suites[0] for s in suites):
+        raise InputError("the audits ran different suites; rerun them with the same --suites", field="audits")
+    text = audit_markdown(models) + "\nAudits combined:\n\n" + "\n".join(commands_run) + "\n"
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_muse_curves(args) -> int:
+    from obliviate.audit.curves import CurveSettings, muse_point, scalability, sustainability
+    from obliviate.config import parse_key_values
+    from obliviate.data.lume import load_forget_retain
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
+    from obliviate.models.loading import check_model_dir, load_model
+    from obliviate.report.curves import curves_markdown, plot_curve
+    from obliviate.training.unlearn import plan
+
+    check_output_dir(args.out, args.overwrite)
+    check_model_dir(args.model)
+    wanted = _csv(args.curves)
+    for name in wanted:
+        if name not in ("scalability", "sustainability"):
+            raise InputError(f"unknown curve {name!r} (known: scalability, sustainability)", field="curves")
+    try:
+        sizes = [float(size) for size in _csv(args.sizes)]
+    except ValueError:
+        raise InputError(f"expected comma-separated fractions, got {args.sizes!r}", field="sizes") from None
+    settings = CurveSettings(sizes=sizes, requests=args.requests, batch_size=args.batch_size,
+                             continuation_tokens=args.max_new_tokens)
+    run_plan = plan(args.method, parse_key_values(args.options))
+    forget, retain = load_forget_retain(_probe_file(args.forget, "forget"), _probe_file(args.retain, "retain"))
+
+    def load_original():
+        return load_model(args.model, device=None).model
+
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    original = load_model(args.model, device=None)
+    tokenizer = original.tokenizer
+    result = {"method": run_plan.method_name, "options": run_plan.options(), "command": _command_line(),
+              "model": str(Path(args.model).resolve()),
+              "original": muse_point(original.model, tokenizer, forget, retain, settings)}
+    del original
+    if "scalability" in wanted:
+        result["scalability"] = scalability(load_original, tokenizer, forget, retain, run_plan, settings, log)
+    if "sustainability" in wanted:
+        result["sustainability"] = sustainability(load_original, tokenizer, forget, retain, run_plan, settings,
+                                                  log)
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        write_json_atomic(tmp / "curves.json", result)
+        (tmp / "curves.md").write_text(curves_markdown(result))
+        if "scalability" in result:
+            plot_curve(result["scalability"], result["original"], "fraction", "fraction of the forget set unlearnt",
+                       f"Scalability: {run_plan.method_name}", tmp / "scalability.png")
+        if "sustainability" in result:
+            plot_curve(result["sustainability"], result["original"], "request", "unlearning request",
+                       f"Sustainability: {run_plan.method_name}", tmp / "sustainability.png")
+    print(curves_markdown(result))
+    return 0
+
+
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -430,7 +544,7 @@ def _versions() -> dict:
 
 
 COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "audit": cmd_audit,
-            "methods": cmd_methods}
+            "methods": cmd_methods, "muse-curves": cmd_muse_curves, "audit-report": cmd_audit_report}
 COMMANDS["tune"] = cmd_tune
 
 

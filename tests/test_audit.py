@@ -145,3 +145,54 @@ def test_audit_refuses_missing_comparisons(args, message, tmp_path, tiny_model_d
                  "--out", str(tmp_path / "o")])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_audit_report_combines_audits_and_rejects_bad_input(tmp_path, capsys):
+    suites = {"distance": {"kl_to_oracle_forget": {"value": 0.25, "better": "lower", "ideal": 0.0}}}
+    for name, value in (("a", 0.25), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        suites["distance"]["kl_to_oracle_forget"]["value"] = value
+        (tmp_path / name / "audit.json").write_text(json.dumps({"command": f"obliviate audit {name}",
+                                                                "suites": suites}))
+    out = tmp_path / "report.md"
+    assert main(["audit-report", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| kl_to_oracle_forget | 0.250 | 0.500 | lower is better | 0.000 |" in text
+    assert "- second: `obliviate audit b`" in text
+    assert main(["audit-report", str(tmp_path / "a")]) == 2
+    assert "expected NAME=DIR" in capsys.readouterr().err
+    assert main(["audit-report", f"x={tmp_path}"]) == 2
+    assert "audit.json: no audit.json here" in capsys.readouterr().err
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose next-token logits are the same fixed vector at every position."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits))
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits.expand(*input_ids.shape, -1))
+
+
+def test_kl_to_oracle_by_hand(tiny_tokenizer):
+    from obliviate.audit.distance import kl_to_oracle
+
+    # p_model = (0.5, 0.5), p_oracle = (0.8, 0.2) at every position: KL(oracle || model)
+    # = 0.8 ln(0.8 / 0.5) + 0.2 ln(0.2 / 0.5).
+    expected = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    model, oracle = _FixedLogits([0.0, 0.0]), _FixedLogits([math.log(0.8), math.log(0.2)])
+    values = kl_to_oracle(model, oracle, tiny_tokenizer, ["a short text", "another, longer text here"])
+    assert values == pytest.approx([expected, expected], abs=1e-6)
+    assert kl_to_oracle(oracle, oracle, tiny_tokenizer, ["a short text"]) == pytest.approx([0.0], abs=1e-7)
+
+
+def test_tofu_model_utility_by_hand():
+    from obliviate.audit.tofu import model_utility
+
+    # Terms: mean share 0.6, mean ROUGE 0.5, mean max(0, 1 - R) = (0.5 + 0) / 2 = 0.25; harmonic mean of the three.
+    expected = 3 / (1 / 0.6 + 1 / 0.5 + 1 / 0.25)
+    assert model_utility([0.4, 0.8], [0.5, 0.5], [0.5, 2.0]) == pytest.approx(expected)
