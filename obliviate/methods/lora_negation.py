@@ -9,8 +9,9 @@ plain model: the adapter is merged and the peft wrappers are removed, in place.
 
 The adapter's rank, alpha and dropout are the training settings' ``lora_rank``, ``lora_alpha`` and
 ``lora_dropout``. It goes on every trainable ``nn.Linear`` (an output head tied to the input embeddings is
-skipped, so a merge never writes into the embeddings twice); frozen layers, embeddings and norms are left
-untouched. peft is imported only when the method runs.
+skipped, so a merge never writes into the embeddings twice; ``lora_targets`` does not narrow it, while
+``train_params``/``train_layers`` still pick which adapters train); frozen layers, embeddings and norms are
+left untouched. peft is imported only when the method runs.
 """
 
 from __future__ import annotations
