@@ -19,10 +19,10 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class SimNPOConfig:
-    beta: float = 2.5
+    beta: float = 0.2  # small: the gradient, 2 sigmoid(beta * mean log-prob), fades only far from the target
     margin: float = 0.0
     forget_weight: float = 1.0
-    retain_weight: float = 1.0
+    retain_weight: float = 30.0
 
     def __post_init__(self):
         require_positive(self, "beta", "forget_weight")
@@ -35,7 +35,7 @@ class SimNPO:
     Config = SimNPOConfig
     needs_retain = True
     needs_reference = None
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    training_defaults = {"learning_rate": 3e-4, "max_steps": 80}
 
     def __init__(self, config: SimNPOConfig):
         self.config = config

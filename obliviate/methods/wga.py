@@ -19,9 +19,9 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class WGAConfig:
-    beta: float = 1.0
+    beta: float = 0.2  # small: weight p ** 0.2 = exp(-0.2 * token loss) is still 1/e at a loss of 5 nats
     forget_weight: float = 1.0
-    retain_weight: float = 1.0
+    retain_weight: float = 20.0
 
     def __post_init__(self):
         require_positive(self, "forget_weight")
@@ -34,7 +34,7 @@ class WGA:
     Config = WGAConfig
     needs_retain = True
     needs_reference = None
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    training_defaults = {"learning_rate": 3e-4, "max_steps": 80}
 
     def __init__(self, config: WGAConfig):
         self.config = config
