@@ -33,3 +33,7 @@ test-distributed: install
 
 bench: install
 	$(BIN)/python bench/generation_throughput.py
+
+# Step time and peak memory of every method against GradDiff, start-up time (slow: one process per run).
+bench-costs: install
+	$(BIN)/python bench/method_costs.py

@@ -250,9 +250,9 @@ def summarise(runs: list[dict], methods: list[str]) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], memory_label: str) -> str:
+def markdown(table: list[dict], memory_label: str, steps: int = 16) -> str:
     lines = [f"| method | step time (ms, median) | x GradDiff | peak memory (MiB, {memory_label}) | x GradDiff "
-             "| setup + 16 steps (s) |", "|---|---|---|---|---|---|"]
+             f"| setup + {steps} steps (s) |", "|---|---|---|---|---|---|"]
     for row in table:
         lines.append(f"| {row['method']} | {row['mean_step_s'] * 1000:.1f} | {row['time_vs_graddiff']:.2f}x | "
                      f"{row['peak_mib']:.1f} | {row['memory_vs_graddiff']:.3f}x | {row['setup_and_train_s']:.1f} |")
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = summarise(runs, methods)
     memory_label = "above baseline, " + ("CUDA allocated" if device == "cuda" else "resident set")
-    print(markdown(table, memory_label))
+    print(markdown(table, memory_label, args.steps))
     for note in notes:
         print(f"\nNote: {note}.")
     print(f"\nStart-up, launch of `obliviate unlearn ... --method GradDiff max_steps=1` to its first step: "

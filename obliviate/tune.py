@@ -332,7 +332,7 @@ def run_search(setup: SearchSetup) -> SearchResult:
             resolved = run_plan.options()
             key = trial_key(setup.method, resolved)
             if key in recorded:
-                records.append({**recorded[key], "trial": index})
+                records.append({**recorded[key], "trial": index, "options": values})  # in the space's order
                 setup.log(f"trial {index + 1}/{len(points)}: recorded before, skipped")
                 continue
             setup.log(f"trial {index + 1}/{len(points)}: {_options_text(values)}")
