@@ -51,7 +51,9 @@ class TaskVector:
     Config = TaskVectorConfig
     needs_retain = False
     needs_reference = None
-    training_defaults = {"learning_rate": 1e-4, "max_steps": 20}
+    # Micro benchmark, 64 new tokens: final 0.322 (utility 0.967, MIA AUC 1.0) with these; lr 1e-3 collapsed
+    # (utility 0.629, and 0.079 with negation_scale=3), lr 1e-4 left the target's scores unchanged.
+    training_defaults = {"learning_rate": 3e-4, "max_steps": 20}
     training_runs = 1  # train_with calls, each of max_steps steps
 
     def __init__(self, config: TaskVectorConfig):
