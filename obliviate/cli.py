@@ -14,6 +14,7 @@ from pathlib import Path
 
 from obliviate import __version__
 from obliviate.audit.suites import MIA_ATTACKS, SUITES
+from obliviate.demo import DEFAULT_METHODS
 from obliviate.errors import InputError
 
 EXIT_INPUT = 2
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="DIR", help="write results.json, report.md, scores.png and the "
                                                    "per-model evaluations here")
     demo.add_argument("--methods", default=None,
-                      help="comma-separated methods to run (default: all shipped methods)")
+                      help="comma-separated methods to run, or 'all' for every registered method (default: "
+                           f"{','.join(DEFAULT_METHODS)})")
     demo.add_argument("--cache-dir", metavar="DIR",
                       help="where trained targets and oracles are kept (default $OBLIVIATE_CACHE_DIR or "
                            "~/.cache/obliviate)")
@@ -487,9 +489,13 @@ def _csv(value: str) -> list[str]:
 
 
 def cmd_demo(args) -> int:
-    from obliviate.demo import DEFAULT_METHODS, run_demo
+    from obliviate.demo import run_demo
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else DEFAULT_METHODS
+    from obliviate.methods import method_names
+
+    methods = _csv(args.methods) if args.methods else DEFAULT_METHODS
+    if methods == ["all"]:
+        methods = method_names()
     run_demo(data=args.data, out=args.out, methods=methods, cache_dir=args.cache_dir,
              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite,
              command=_command_line(), log=lambda message: print(message, file=sys.stderr, flush=True))

@@ -38,5 +38,5 @@ def test_ratios_are_taken_against_graddiff_medians(costs):
 
 
 def test_import_profile_names_packages(costs):
-    profile = dict(costs.import_profile("import json"))
+    profile = dict(costs.import_profile("import json", top=1000))  # all packages: start-up ones may outrank json
     assert "json" in profile and all(seconds >= 0 for seconds in profile.values())
