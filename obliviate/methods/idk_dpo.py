@@ -22,7 +22,7 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 class IdkDPOConfig:
     beta: float = 0.1
     forget_weight: float = 1.0
-    retain_weight: float = 1.0
+    retain_weight: float = 20.0
 
     def __post_init__(self):
         require_positive(self, "beta", "forget_weight")

@@ -19,7 +19,7 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 @dataclass
 class IdkNLLConfig:
     refusal_weight: float = 1.0
-    retain_weight: float = 1.0
+    retain_weight: float = 5.0
 
     def __post_init__(self):
         require_positive(self, "refusal_weight")

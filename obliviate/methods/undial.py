@@ -20,9 +20,9 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class UNDIALConfig:
-    beta: float = 10.0
+    beta: float = 12.0
     forget_weight: float = 1.0
-    retain_weight: float = 1.0  # 0 gives the paper's plain UNDIAL (the retain batch is then not even run)
+    retain_weight: float = 20.0  # 0 gives the paper's plain UNDIAL (the retain batch is then not even run)
 
     def __post_init__(self):
         require_positive(self, "beta", "forget_weight")
@@ -35,7 +35,7 @@ class UNDIAL:
     Config = UNDIALConfig
     needs_retain = True
     needs_reference = "model"
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    training_defaults = {"learning_rate": 5e-4, "max_steps": 80}
 
     def __init__(self, config: UNDIALConfig):
         self.config = config
