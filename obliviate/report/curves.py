@@ -23,6 +23,7 @@ def plot_curve(points: Sequence[dict], original: dict, x_key: str, x_label: str,
     for (key, label), colour in zip(MEASURES, ("tab:red", "tab:orange", "tab:blue")):
         ax.plot(xs, [point[key] for point in points], marker="o", color=colour, label=label)
         ax.axhline(original[key], color=colour, linestyle="--", linewidth=0.8)
+    ax.set_xticks(xs)
     ax.set_xlabel(x_label)
     ax.set_ylabel("ROUGE-L F1 (dashed: original model)")
     ax.set_ylim(-0.02, 1.05)
