@@ -12,7 +12,9 @@ The search. A grid (each searched option's values; by default 0.5x, 1x and 2x th
 rate and ``*_weight`` options, 0.5x, 1x and 1.5x its steps; ``--space key=v1,v2`` replaces or adds a
 dimension) is visited in a random order fixed by ``--seed``, the method's defaults first when they are on the
 grid; the first ``--trials`` points are the trials. The order does not depend on ``--trials``, so a longer
-search extends a shorter one.
+search extends a shorter one. ``max_steps`` counts steps on the test part (the data the chosen options are
+applied to); a trial runs proportionally fewer on the smaller validation part, so that each forget document
+gets as many passes in the trial as in the final run.
 
 Records and resuming. Each finished trial is appended to ``OUT/trials.jsonl`` as one JSON line (a single
 ``write`` on an append-mode file, flushed and synced), keyed by a hash of its fully resolved options. A search
@@ -404,9 +406,21 @@ def scores_of(results: dict) -> dict:
             "mia_score": results.get("mia_final_score"), "utility": results.get("utility"), "final_score": final}
 
 
+def scaled_steps(run_plan, steps_scale: float):
+    """``run_plan`` with ``max_steps`` multiplied by ``steps_scale`` (at least 1 step)."""
+    training = dataclasses.replace(run_plan.training,
+                                   max_steps=max(1, round(run_plan.training.max_steps * steps_scale)))
+    return dataclasses.replace(run_plan, training=training)
+
+
 def model_trial_runner(target_path: Path, tokenizer, validation: Benchmark, target_utility: float | None, *,
-                       max_new_tokens: int, batch_size: int) -> Callable[[Any], dict]:
-    """Unlearn a fresh copy of the target on the validation forget/retain documents, then score it there."""
+                       max_new_tokens: int, batch_size: int, steps_scale: float = 1.0) -> Callable[[Any], dict]:
+    """Unlearn a fresh copy of the target on the validation forget/retain documents, then score it there.
+
+    A trial's ``max_steps`` counts steps on the data the chosen options will be applied to (the test part);
+    on the validation part it runs ``steps_scale`` (validation forget rows / test forget rows) times as many,
+    so every forget document gets as many passes in the trial as in the final run.
+    """
     from obliviate.audit.evaluate import apply_gate, evaluate
     from obliviate.models.loading import load_model
     from obliviate.training.unlearn import unlearn
@@ -414,6 +428,7 @@ def model_trial_runner(target_path: Path, tokenizer, validation: Benchmark, targ
     data = evaluation_data(validation)
 
     def run(run_plan) -> dict:
+        run_plan = scaled_steps(run_plan, steps_scale)
         model = load_model(target_path).model
         result = unlearn(model, tokenizer, validation.forget, validation.retain, run_plan,
                          reference_loader=lambda: load_model(target_path).model, progress=False)
@@ -568,8 +583,9 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
     log(f"validation part: {len(validation.forget)} forget, {len(validation.retain)} retain, "
         f"{len(validation.utility)} utility probes, {len(validation.nonmembers)} MIA non-members; the test part "
         f"({len(test.forget)} forget probes) is written to {out / 'test'} for the final evaluation")
+    steps_scale = len(validation.forget) / len(test.forget)
     fingerprint = {"method": request.method, "validation": validation.fingerprint(), "target": str(target_path),
-                   "max_new_tokens": request.max_new_tokens}
+                   "max_new_tokens": request.max_new_tokens, "steps_scale": steps_scale}
     out.mkdir(parents=True, exist_ok=True)
     check_fingerprint(out, fingerprint)
     write_parts(out, validation, test)
@@ -593,10 +609,12 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
     setup = SearchSetup(
         method=request.method, space=space, trials=request.trials, seed=request.seed, out=out,
         run_trial=model_trial_runner(target_path, tokenizer, validation, target_utility,
-                                     max_new_tokens=request.max_new_tokens, batch_size=request.batch_size),
+                                     max_new_tokens=request.max_new_tokens, batch_size=request.batch_size,
+                                     steps_scale=steps_scale),
         fingerprint=fingerprint, unlearn_command=command, log=log,
         notes=[f"tuned on {len(validation.forget)} forget probes; the test part has {len(test.forget)}: max_steps "
-               "counts batches, so on more data the same steps make fewer passes over each document"])
+               f"counts steps on the test part, and each trial ran {steps_scale:.3f}x as many on the validation "
+               "part, so that every forget document got the same number of passes"])
     result = run_search(setup)
     print(table(result.records, result.best), file=sys.stdout, flush=True)
     print("target (validation part): " + " ".join(f"{k}={_number(v)}" for k, v in target["scores"].items()))

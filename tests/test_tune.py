@@ -133,12 +133,11 @@ def test_validation_split_is_deterministic_disjoint_and_keeps_every_task():
     assert not {d.id for d in validation.nonmembers} & {d.id for d in test.nonmembers}
 
 
-def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "tune"
     base = ["tune", "--method", "GradDiff", "--model", str(tiny_model_dir),
-            "--forget", str(tiny_lume_dir / "forget.jsonl"), "--retain", str(tiny_lume_dir / "retain.jsonl"),
-            "--utility", str(tiny_lume_dir / "utility.jsonl"), "--mia", str(tiny_lume_dir),
-            "--space", "learning_rate=1e-5,2e-5,3e-5", "--space", "max_steps=1", "--space", "batch_size=2",
+            "--forget", "bundled", "--retain", "bundled", "--utility", "bundled", "--mia", "bundled",
+            "--space", "learning_rate=1e-5,2e-5,3e-5", "--space", "max_steps=3", "--space", "batch_size=2",
             "--max-new-tokens", "2", "--out", str(out)]
     assert main(base + ["--trials", "1"]) == 0
     assert "1 trials run now, 0 recorded before" in capsys.readouterr().out
@@ -146,7 +145,11 @@ def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, 
     assert "0 trials run now, 1 recorded before" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["collapsed"] in (True, False)
-    assert json.loads((out / "best.json").read_text())["options"]["max_steps"] == 1
+    assert json.loads((out / "best.json").read_text())["options"]["max_steps"] == 3
+    # max_steps counts steps on the test part; the trial ran proportionally fewer on the smaller validation part
+    rows = {part: len((out / part / "forget.jsonl").read_text().splitlines()) for part in ("validation", "test")}
+    assert rows["validation"] < rows["test"]
+    assert records[0]["steps"] == round(3 * rows["validation"] / rows["test"]) < 3
     assert {"forget.jsonl", "retain.jsonl", "utility.jsonl"} <= {p.name for p in (out / "test").iterdir()}
     target = json.loads((out / "target.json").read_text())
     assert target["scores"]["utility"] is not None
