@@ -2,15 +2,15 @@
 
 Every registered method (``obliviate.methods.method_names()``, so methods added later are included) trains the
 same ~9M-parameter Llama on the same 64 forget + 64 retain rows of the bundled micro benchmark (cycled when the
-benchmark has fewer), batch 4, 16 steps, through ``unlearn`` and the real trainer. Each run is a fresh
-subprocess, so that memory is measured per method:
+benchmark has fewer), batch 4, 16 steps, through ``unlearn`` and the real trainer, each run in a fresh
+subprocess.
 
-* CPU: the process's peak resident set (``VmHWM``) is reset (``/proc/self/clear_refs``) after the imports and
-  before the model loads; the figure is that peak minus the resident set at the reset. It covers the model,
-  its reference (when the method loads one), optimizer state, activations and the reference log-probs, and
-  leaves out the interpreter and the libraries, which every method shares and which would only dilute the
-  ratios. Where the reset is not allowed, ``ru_maxrss`` minus the same baseline is used (and said).
-* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, before the model loads.
+Memory (``obliviate.memory``, the same measure ``unlearn`` writes into ``run.json``): the peak during the run
+minus what was in use before the model loaded, read after the imports, so that library code is not counted as
+a method's. On CPU that is the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``; where the
+reset is refused, ``ru_maxrss``, as the table says); on CUDA ``torch.cuda.max_memory_allocated``. It covers the
+model, its reference (when the method loads one), optimizer state, gradients, activations and the reference
+log-probs.
 
 Step time is the mean interval between consecutive optimizer-step ends, the first step (warm-up) left out.
 The machines are noisy: the methods run interleaved, in a rotated order, ``--repeats`` times, and the table
@@ -78,19 +78,6 @@ def build_model_dir(directory: Path) -> int:
 # ------------------------------------------------------------------------------------ one run (a child)
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+)", Path("/proc/self/status").read_text(), re.MULTILINE)
-    return int(match.group(1))
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 def _add_step_timer(runs: list[list[float]], cuda: bool) -> None:
     """Have every trainer that ``train_with`` builds record its start and each optimizer step's end (one list
     per training run: a procedure-style method may train several times)."""
@@ -118,8 +105,7 @@ def _add_step_timer(runs: list[list[float]], cuda: bool) -> None:
 
 
 def run_child(method_name: str, model_dir: Path, rows: int, steps: int, batch_size: int, device: str) -> dict:
-    import torch
-
+    from obliviate.memory import open_window
     from obliviate.models.loading import load_model
     from obliviate.training.unlearn import plan, unlearn
 
@@ -132,13 +118,7 @@ def run_child(method_name: str, model_dir: Path, rows: int, steps: int, batch_si
     forget, retain, _ = bench_rows(rows)
     runs: list[list[float]] = []
     _add_step_timer(runs, cuda)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        memory_source = "cuda max_memory_allocated"
-    else:
-        memory_source = "VmHWM after reset" if _reset_peak_rss() else "ru_maxrss (reset refused)"
-        baseline = _status_kib("VmRSS") * 1024
+    memory = open_window(device)
     loaded = load_model(model_dir, device=device)
     # The method's own defaults (its options, and training settings such as LoRA or the layers it trains),
     # with the bench's steps and batch size; unlearn() also runs procedure-style methods (task arithmetic).
@@ -147,20 +127,12 @@ def run_child(method_name: str, model_dir: Path, rows: int, steps: int, batch_si
     unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
             reference_loader=lambda: load_model(model_dir, device=device).model, progress=False)
     wall = time.perf_counter() - started
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    elif memory_source.startswith("VmHWM"):
-        peak = _status_kib("VmHWM") * 1024
-    else:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     intervals = [[b - a for a, b in zip(times, times[1:])] for times in runs]
     steady = [t for run in intervals for t in run[1:]]  # each run's first step is warm-up
     return {"method": method_name, "steps": sum(map(len, intervals)), "training_runs": len(runs),
             "first_step_s": intervals[0][0] if intervals and intervals[0] else None,
             "mean_step_s": statistics.fmean(steady) if steady else None,
-            "unlearn_s": wall, "peak_bytes": peak - baseline, "memory": memory_source, "device": device}
+            "unlearn_s": wall, "peak_bytes": memory.added_bytes(), "memory": memory.source, "device": device}
 
 
 def run_startup_child(model_dir: Path, out_dir: Path, stamp_file: Path) -> None:

@@ -57,7 +57,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         evaluations[name] = audit(name, result.model)
         apply_gate(evaluations[name], original_utility)
         records[name] = result.record
-        rows.append(summary_row(name, evaluations[name], result.record["wall_seconds"]))
+        rows.append(summary_row(name, evaluations[name], result.record["wall_seconds"],
+                                result.record["peak_memory_added_bytes"]))
         del model, result
 
     table = markdown_table(rows)

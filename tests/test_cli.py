@@ -29,6 +29,7 @@ def test_unlearn_then_evaluate_end_to_end(tmp_path, tiny_model_dir, tiny_lume_di
     assert run["options"]["training"]["max_steps"] == 2
     assert run["inputs"]["forget_sha256"] == sha256_file(tiny_lume_dir / "forget.jsonl")
     assert run["wall_seconds"] > 0 and run["peak_memory_bytes"] > 0 and run["seed"] == 0
+    assert 0 < run["peak_memory_added_bytes"] <= run["peak_memory_bytes"]
     assert (out / "model" / "model.safetensors").is_file() and (out / "model" / "tokenizer.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]
 

@@ -100,8 +100,9 @@ def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_R
     return bool(collapsed)
 
 
-def summary_row(name: str, results: dict, seconds: float | None = None) -> dict:
-    """The figures of one table line (used by the demo table and ``results.json``)."""
+def summary_row(name: str, results: dict, seconds: float | None = None, memory_bytes: int | None = None) -> dict:
+    """The figures of one table line (used by the demo table and ``results.json``); ``memory_bytes``: the
+    peak memory an unlearning run added (``obliviate.memory``)."""
     row = {"name": name}
     for split in ("forget", "retain"):
         for task, scores in results[f"{split}-set"].items():
@@ -116,6 +117,7 @@ def summary_row(name: str, results: dict, seconds: float | None = None) -> dict:
         "final_score": results.get("aggregate-score"),
         "collapsed": results.get("collapse-gate", {}).get("collapsed"),
         "wall_seconds": seconds,
+        "peak_memory_mib": None if memory_bytes is None else memory_bytes / 2 ** 20,
     })
     return row
 

@@ -84,7 +84,6 @@ class ZJUKLAB:
         runs = {"over": over, "under": under}
         return {
             "steps": over["steps"] + under["steps"],
-            "peak_memory_bytes": max(over["peak_memory_bytes"], under["peak_memory_bytes"]),
             "final_loss": under["final_loss"],
             "log_history": [{**entry, "run": run} for run, record in runs.items() for entry in record["log_history"]],
             "world_size": under["world_size"],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -58,18 +57,14 @@ class UnlearnResult:
     record: dict
 
 
-def peak_memory_bytes(device) -> int:
-    import torch
-
-    if getattr(device, "type", str(device)) == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
             reference_loader: Callable[[], Any] | None = None, progress: bool = True) -> UnlearnResult:
-    """Train ``model`` in place with the planned method and return it with a record of the run."""
+    """Train ``model`` in place with the planned method and return it with a record of the run (its peak
+    memory included: see ``obliviate.memory``)."""
+    from obliviate.memory import open_window
+
     method = get_method(run_plan.method_name)(run_plan.method_config)
+    memory = open_window(next(model.parameters()).device)
     started = time.time()
     if hasattr(method, "run"):
         # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
@@ -79,7 +74,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
                             reference_loader=reference_loader, progress=progress)
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
-              **record, "wall_seconds": time.time() - started}
+              **record, "wall_seconds": time.time() - started, **memory.record()}
     return UnlearnResult(model=model, record=record)
 
 
@@ -87,7 +82,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
                settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
                progress: bool = True) -> dict:
     """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
-    ``needs_reference``, ``loss``); returns steps, loss history and peak memory."""
+    ``needs_reference``, ``loss``); returns steps and the loss history."""
     import torch
     from transformers import TrainingArguments
 
@@ -153,7 +148,6 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     record = {
         "steps": int(output.global_step),
-        "peak_memory_bytes": peak_memory_bytes(args.device),
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,

@@ -1,0 +1,85 @@
+"""Peak memory of one stretch of work (an unlearning run), measured inside a longer process.
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``torch.cuda.reset_peak_memory_stats``.
+* CPU (Linux): the process's peak resident set (``VmHWM``), reset to the current resident set by writing ``5``
+  to ``/proc/self/clear_refs`` (Linux >= 4.0). Freed heap is first handed back to the system (``gc`` and
+  glibc's ``malloc_trim``), so memory an earlier run left behind is not silently reused. Where the reset is
+  refused, the figure is ``ru_maxrss``: the peak of the whole process so far (said in ``source``).
+
+A window's ``added_bytes`` is its peak minus the memory in use when it opened: what the work itself needed
+(reference model, optimizer state, gradients, activations), not what was already loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> int | None:
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _release_free_heap() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
+
+
+def _is_cuda(device) -> bool:
+    return getattr(device, "type", str(device)).startswith("cuda")
+
+
+@dataclass
+class MemoryWindow:
+    device: str
+    source: str  # how the peak is read: "cuda max_memory_allocated", "VmHWM after reset" or "ru_maxrss"
+    baseline_bytes: int  # memory in use when the window opened
+
+    def peak_bytes(self) -> int:
+        """The peak since the window opened (since the process started for ``ru_maxrss``)."""
+        if self.source.startswith("cuda"):
+            import torch
+
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.source.startswith("VmHWM"):
+            peak = _status_bytes("VmHWM")
+            if peak is not None:
+                return peak
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+    def added_bytes(self) -> int:
+        return max(0, self.peak_bytes() - self.baseline_bytes)
+
+    def record(self) -> dict:
+        return {"peak_memory_bytes": self.peak_bytes(), "peak_memory_added_bytes": self.added_bytes(),
+                "memory_source": self.source}
+
+
+def open_window(device) -> MemoryWindow:
+    """Start measuring peak memory on ``device`` from now."""
+    if _is_cuda(device):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return MemoryWindow(str(device), "cuda max_memory_allocated", int(torch.cuda.memory_allocated(device)))
+    _release_free_heap()
+    try:
+        CLEAR_REFS.write_text("5")
+        source = "VmHWM after reset"
+    except OSError:
+        source = "ru_maxrss (peak reset refused: the whole process's peak)"
+    return MemoryWindow(str(device), source, _status_bytes("VmRSS") or 0)
