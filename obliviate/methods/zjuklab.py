@@ -27,8 +27,8 @@ class ZJUKLABConfig:
     beta: float = 0.05  # NPO's beta in both runs
     forget_weight: float = 1.0
     retain_weight: float = 100.0
-    over_learning_rate_scale: float = 3.0  # the over-forgetting run
-    under_learning_rate_scale: float = 1.0  # the under-forgetting run
+    over_learning_rate_scale: float = 2.0  # the over-forgetting run
+    under_learning_rate_scale: float = 0.5  # the under-forgetting run
     density: float = 0.8  # TIES: fraction of each task vector's entries kept (by magnitude)
     merge_scale: float = 1.0  # TIES' lambda
 
