@@ -36,7 +36,7 @@ class IdkDPO:
     needs_retain = True
     needs_reference = "logprobs"
     needs_refusals = True
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    training_defaults = {"learning_rate": 5e-4, "max_steps": 50}  # 3e-4 changed nothing on the micro benchmark, 1e-3 collapsed it
 
     def __init__(self, config: IdkDPOConfig):
         self.config = config
