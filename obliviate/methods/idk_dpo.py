@@ -36,7 +36,8 @@ class IdkDPO:
     needs_retain = True
     needs_reference = "logprobs"
     needs_refusals = True
-    training_defaults = {"learning_rate": 5e-4, "max_steps": 50}  # 3e-4 changed nothing on the micro benchmark, 1e-3 collapsed it
+    # On the micro benchmark 3e-4 changed nothing and 1e-3 collapsed it.
+    training_defaults = {"learning_rate": 5e-4, "max_steps": 50}
 
     def __init__(self, config: IdkDPOConfig):
         self.config = config
