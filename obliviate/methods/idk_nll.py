@@ -33,7 +33,8 @@ class IdkNLL:
     needs_retain = True
     needs_reference = None
     needs_refusals = True
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    # On the micro benchmark 3e-4 left a forget task untouched and 5e-4 collapsed it.
+    training_defaults = {"learning_rate": 4e-4, "max_steps": 50}
 
     def __init__(self, config: IdkNLLConfig):
         self.config = config
