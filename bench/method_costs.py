@@ -21,6 +21,7 @@ max_steps=1`` to the start of its first training step, and which imports dominat
 
     python bench/method_costs.py                      # every method, 3 repeats
     python bench/method_costs.py --methods GradDiff,NPO --repeats 5 --json costs.json
+    python bench/method_costs.py --methods AILSNTUA,AILSNTUA:retain_ratio=1   # a method with options changed
 """
 
 from __future__ import annotations
@@ -104,7 +105,19 @@ def _add_step_timer(runs: list[list[float]], cuda: bool) -> None:
     unlearn_module._quiet_log_printing = patched
 
 
-def run_child(method_name: str, model_dir: Path, rows: int, steps: int, batch_size: int, device: str) -> dict:
+def parse_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME:key=value:key=value`` (a method with some options changed) -> (name, options)."""
+    name, *items = entry.strip().split(":")
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--methods: {item!r} in {entry!r} is not key=value")
+        options[key] = value
+    return name, options
+
+
+def run_child(entry: str, model_dir: Path, rows: int, steps: int, batch_size: int, device: str) -> dict:
     from obliviate.memory import open_window
     from obliviate.models.loading import load_model
     from obliviate.training.unlearn import plan, unlearn
@@ -122,14 +135,15 @@ def run_child(method_name: str, model_dir: Path, rows: int, steps: int, batch_si
     loaded = load_model(model_dir, device=device)
     # The method's own defaults (its options, and training settings such as LoRA or the layers it trains),
     # with the bench's steps and batch size; unlearn() also runs procedure-style methods (task arithmetic).
-    run_plan = plan(method_name, {"max_steps": steps, "batch_size": batch_size}, source="bench")
+    method_name, options = parse_entry(entry)
+    run_plan = plan(method_name, {"max_steps": steps, "batch_size": batch_size, **options}, source="bench")
     started = time.perf_counter()
     unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
             reference_loader=lambda: load_model(model_dir, device=device).model, progress=False)
     wall = time.perf_counter() - started
     intervals = [[b - a for a, b in zip(times, times[1:])] for times in runs]
     steady = [t for run in intervals for t in run[1:]]  # each run's first step is warm-up
-    return {"method": method_name, "steps": sum(map(len, intervals)), "training_runs": len(runs),
+    return {"method": entry, "steps": sum(map(len, intervals)), "training_runs": len(runs),
             "first_step_s": intervals[0][0] if intervals and intervals[0] else None,
             "mean_step_s": statistics.fmean(steady) if steady else None,
             "unlearn_s": wall, "peak_bytes": memory.added_bytes(), "memory": memory.source, "device": device}
@@ -233,7 +247,8 @@ def markdown(table: list[dict], memory_label: str, steps: int = 16) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", help="comma-separated subset (default: every registered method); "
+    parser.add_argument("--methods", help="comma-separated subset (default: every registered method); an entry "
+                                          "NAME:key=value:... measures the method with those options; "
                                           f"{BASELINE} is always measured as the baseline")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--steps", type=int, default=16)
@@ -259,8 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from obliviate.methods import canonical_name, method_names
+    from obliviate.training.unlearn import plan
 
-    methods = [canonical_name(m.strip()) for m in args.methods.split(",") if m.strip()] if args.methods \
+    def canonical_entry(entry: str) -> str:
+        name, options = parse_entry(entry)
+        plan(name, {"max_steps": args.steps, "batch_size": args.batch_size, **options}, source="--methods")
+        return ":".join([canonical_name(name), *(f"{k}={v}" for k, v in options.items())])
+
+    methods = [canonical_entry(m) for m in args.methods.split(",") if m.strip()] if args.methods \
         else method_names()
     if BASELINE not in methods:
         methods.insert(0, BASELINE)

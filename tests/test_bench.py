@@ -40,3 +40,11 @@ def test_ratios_are_taken_against_graddiff_medians(costs):
 def test_import_profile_names_packages(costs):
     profile = dict(costs.import_profile("import json", top=1000))  # all packages: start-up ones may outrank json
     assert "json" in profile and all(seconds >= 0 for seconds in profile.values())
+
+
+def test_method_entries_carry_options(costs):
+    assert costs.parse_entry("AILSNTUA") == ("AILSNTUA", {})
+    assert costs.parse_entry("AILSNTUA:retain_ratio=1:lora=false") == ("AILSNTUA", {"retain_ratio": "1",
+                                                                                     "lora": "false"})
+    with pytest.raises(SystemExit):
+        costs.parse_entry("AILSNTUA:retain_ratio")
