@@ -14,7 +14,8 @@ dimension) is visited in a random order fixed by ``--seed``, the method's defaul
 grid; the first ``--trials`` points are the trials. The order does not depend on ``--trials``, so a longer
 search extends a shorter one. ``max_steps`` counts steps on the test part (the data the chosen options are
 applied to); a trial runs proportionally fewer on the smaller validation part, so that each forget document
-gets as many passes in the trial as in the final run.
+gets as many passes in the trial as in the final run; the method's tuned steps (for the whole forget set)
+are rescaled to the test part for the same reason, so the grid's 1x point is the defaults' number of passes.
 
 Records and resuming. Each finished trial is appended to ``OUT/trials.jsonl`` as one JSON line (a single
 ``write`` on an append-mode file, flushed and synced), keyed by a hash of its fully resolved options. A search
@@ -108,12 +109,23 @@ def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) ->
 # ------------------------------------------------------------------------------------------ search space
 
 
-def default_space(method: str) -> dict[str, list]:
-    """0.5x/1x/2x the tuned learning rate and every positive ``*_weight`` option, 0.5x/1x/1.5x the steps."""
+def default_steps(method: str, steps_factor: float = 1.0) -> int:
+    """The method's tuned ``max_steps`` times ``steps_factor`` (at least 1)."""
+    from obliviate.training.unlearn import plan
+
+    return max(1, round(plan(method).training.max_steps * steps_factor))
+
+
+def default_space(method: str, steps_factor: float = 1.0) -> dict[str, list]:
+    """0.5x/1x/2x the tuned learning rate and every positive ``*_weight`` option, 0.5x/1x/1.5x the steps.
+
+    ``steps_factor`` rescales the tuned steps first: the defaults were tuned on a whole forget set, and the
+    search's steps count steps on a part of it (see the module docstring).
+    """
     from obliviate.training.unlearn import plan
 
     defaults = plan(method)
-    lr, steps = defaults.training.learning_rate, defaults.training.max_steps
+    lr, steps = defaults.training.learning_rate, default_steps(method, steps_factor)
     space: dict[str, list] = {"learning_rate": [_clean(lr * f) for f in (0.5, 1, 2)],
                               "max_steps": sorted({max(1, round(steps * f)) for f in (0.5, 1, 1.5)})}
     for item in dataclasses.fields(defaults.method_config):
@@ -288,6 +300,7 @@ class SearchSetup:
     unlearn_command: Callable[[dict], str] | None = None
     log: Callable[[str], None] = print
     notes: list[str] = field(default_factory=list)  # written into best.json
+    default_overrides: dict = field(default_factory=dict)  # the defaults' point on the grid, where it differs
 
 
 @dataclass
@@ -321,7 +334,8 @@ def run_search(setup: SearchSetup) -> SearchResult:
     with locked(out):
         check_fingerprint(out, setup.fingerprint)
         defaults = plan(setup.method)
-        default_values = {**dataclasses.asdict(defaults.method_config), **dataclasses.asdict(defaults.training)}
+        default_values = {**dataclasses.asdict(defaults.method_config), **dataclasses.asdict(defaults.training),
+                          **setup.default_overrides}
         points = trial_options(setup.space, setup.trials, setup.seed,
                                first={k: default_values.get(k) for k in setup.space})
         write_json_atomic(out / "search.json", {"method": setup.method, "space": setup.space, "seed": setup.seed,
@@ -580,6 +594,10 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
         micro = build_micro_models(benchmark, cache_dir=request.cache_dir, log=log)
         target_path, tokenizer = Path(micro.paths["target"]), micro.tokenizer
     validation, test = split_benchmark(benchmark, request.validation_fraction)
+    # The tuned defaults count steps on the whole forget set; the grid counts them on the test part, so the
+    # defaults' point is rescaled to give each document as many passes.
+    steps_factor = len(test.forget) / len(benchmark.forget)
+    space = parse_space(request.method, request.space, base=default_space(request.method, steps_factor))
     log(f"validation part: {len(validation.forget)} forget, {len(validation.retain)} retain, "
         f"{len(validation.utility)} utility probes, {len(validation.nonmembers)} MIA non-members; the test part "
         f"({len(test.forget)} forget probes) is written to {out / 'test'} for the final evaluation")
@@ -612,9 +630,12 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
                                      max_new_tokens=request.max_new_tokens, batch_size=request.batch_size,
                                      steps_scale=steps_scale),
         fingerprint=fingerprint, unlearn_command=command, log=log,
+        default_overrides={"max_steps": default_steps(request.method, steps_factor)},
         notes=[f"tuned on {len(validation.forget)} forget probes; the test part has {len(test.forget)}: max_steps "
                f"counts steps on the test part, and each trial ran {steps_scale:.3f}x as many on the validation "
-               "part, so that every forget document got the same number of passes"])
+               "part, so that every forget document got the same number of passes; on the whole forget set "
+               f"({len(benchmark.forget)} probes) the same passes take max_steps x "
+               f"{len(benchmark.forget) / len(test.forget):.3f}"])
     result = run_search(setup)
     print(table(result.records, result.best), file=sys.stdout, flush=True)
     print("target (validation part): " + " ".join(f"{k}={_number(v)}" for k, v in target["scores"].items()))

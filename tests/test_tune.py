@@ -34,6 +34,22 @@ def test_default_space_scales_the_tuned_values():
     assert space["max_steps"] == [40, 80, 120]
     assert space["retain_weight"] == [10.0, 20.0, 40.0]
     assert parse_space("GradDiff", ["max_steps=5,5,10", "lr_scheduler=cosine"])["max_steps"] == [5, 10]
+    # Tuned on the whole forget set, searched on a part 0.6 as large: the same passes take 0.6x the steps.
+    assert default_space("GradDiff", steps_factor=0.6)["max_steps"] == [24, 48, 72]
+
+
+def test_the_rescaled_defaults_lead_the_search(tmp_path):
+    steps: list = []
+
+    def run(run_plan):
+        steps.append(run_plan.training.max_steps)
+        return {"scores": {"final_score": 0.5, "utility": 0.9}, "collapsed": False}
+
+    space = {"learning_rate": [1e-4, 2e-4, 4e-4], "max_steps": [24, 48, 72]}
+    setup = SearchSetup(method="GradDiff", space=space, trials=2, seed=3, out=tmp_path / "tune", run_trial=run,
+                        log=lambda message: None, default_overrides={"max_steps": 48})
+    records = run_search(setup).records
+    assert records[0]["options"] == {"learning_rate": 2e-4, "max_steps": 48} and steps[0] == 48
 
 
 @pytest.mark.parametrize("item, field, words", [
