@@ -61,10 +61,11 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             reference_loader: Callable[[], Any] | None = None, progress: bool = True) -> UnlearnResult:
     """Train ``model`` in place with the planned method and return it with a record of the run (its peak
     memory included: see ``obliviate.memory``)."""
+    from obliviate.distributed import device
     from obliviate.memory import open_window
 
     method = get_method(run_plan.method_name)(run_plan.method_config)
-    memory = open_window(next(model.parameters()).device)
+    memory = open_window(device())  # where the trainer will put the model, wherever it is now
     started = time.time()
     if hasattr(method, "run"):
         # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
