@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where trained targets and oracles are kept (default $OBLIVIATE_CACHE_DIR or "
                            "~/.cache/obliviate)")
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_base_option(demo)
+    demo.add_argument("--seeds", default="0,1,2", type=_int_list,
+                      help="unlearning seeds per method; the table gives mean ± std over them (default 0,1,2)")
+    demo.add_argument("--target-seeds", default="0", type=_int_list,
+                      help="independently fine-tuned targets (and oracles), one per seed; every method runs on "
+                           "each (default 0)")
     _add_generation_options(demo)
     demo.set_defaults(batch_size=32)
 
@@ -67,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--out", metavar="DIR", required=True, help="output directory")
     micro.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
     micro.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_base_option(micro)
+
+    base = commands.add_parser(
+        "base", help="rebuild the bundled pretrained base from its corpus",
+        description="Pretrain the default base (a small Llama and its byte-level BPE) on the bundled corpus of "
+                    "public LUME text outside the micro benchmark, with the recipe the shipped weights were "
+                    "built with, and write it to --out as a Hugging Face checkpoint with base.json (its losses).")
+    base.add_argument("action", choices=("build",), help="build: pretrain and write the base")
+    base.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    base.add_argument("--passes", type=int, default=None, help="passes over the corpus (default: the recipe's)")
+    base.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     unlearn = commands.add_parser(
         "unlearn", help="unlearn a forget set from a model with one method",
@@ -89,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output directory: DIR/model (safetensors checkpoint) and DIR/run.json")
     unlearn.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                          help="dtype to load and train the model in (default float32)")
+    unlearn.add_argument("--base", metavar="DIR",
+                         help="the pretrained model --model was fine-tuned from (a model that never saw the forget "
+                              "set), for methods that need it (BaseTeacher); 'bundled' for the micro benchmark's")
     unlearn.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     evaluate = commands.add_parser(
@@ -105,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--utility", metavar="FILE",
                           help="a LUME-format utility set (utility.jsonl), or 'bundled': utility = mean over "
                                "tasks of (regurgitation + knowledge) / 2")
+    evaluate.add_argument("--heldout", metavar="FILE",
+                          help="in-domain documents no model saw (fields id, document; e.g. `obliviate micro`'s "
+                               "OUT/data/heldout.jsonl, or 'bundled'): adds heldout_loss, nats per token")
     evaluate.add_argument("--mmlu", metavar="DIR",
                           help="MMLU in its original layout (dev/, test/ per-subject CSVs): utility = MMLU "
                                "accuracy, scored by the probability of each answer letter")
@@ -114,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "default: all")
     evaluate.add_argument("--gate", metavar="REF",
                           help="collapse gate: the original model's utility as a number, or its "
-                               "evaluation_results.json; exit status 3 if utility < 0.75 x that")
+                               "evaluation_results.json; exit status 3 if utility < 0.75 x that (or, with "
+                               "--heldout and a JSON reference that has heldout_loss, if held-out perplexity "
+                               "exceeds 4/3 x the original's)")
     evaluate.add_argument("--out", metavar="DIR", required=True, help="output directory")
     evaluate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                           help="dtype to evaluate in; the official script used bfloat16 (default float32)")
@@ -202,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--validation-fraction", type=float, default=0.4,
                       help="share of each task's documents held out for tuning (default 0.4)")
     tune.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
+    _add_base_option(tune)
     tune.add_argument("--out", metavar="DIR", required=True,
                       help="output directory; an existing search there is resumed")
     tune.add_argument("--overwrite", action="store_true", help="discard a search in --out and start again")
@@ -210,6 +236,47 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("methods", help="list the unlearning methods, what each needs, and its options",
                         description="List the registered unlearning methods with their options and defaults.")
     return parser
+
+
+def _add_base_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", metavar="DIR", default=BUNDLED,
+                        help="the pretrained base that target and oracle are fine-tuned from: any local Hugging "
+                             "Face causal-LM directory, 'bundled' (default: the small Llama shipped with "
+                             "obliviate) or 'scratch' (the old from-scratch models: a test fixture)")
+    parser.add_argument("--max-passes", type=int, default=None, metavar="N",
+                        help="stop fine-tuning target and oracle after N passes even if not yet memorised "
+                             "(default: the recipe's cap)")
+
+
+def _base_value(value: str) -> str | None:
+    return None if value == "scratch" else value
+
+
+def _max_passes(args) -> int | None:
+    if args.max_passes is not None and args.max_passes < 1:
+        raise InputError(f"must be >= 1, got {args.max_passes}", field="max-passes")
+    return args.max_passes
+
+
+def _recipe(base: str | None, args, seed: int = 0):
+    """The fine-tuning (or from-scratch) recipe with the command line's ``--max-passes``."""
+    import dataclasses
+
+    from obliviate.models.micro import FineTuneRecipe, MicroRecipe
+
+    recipe = FineTuneRecipe(seed=seed) if base is not None else MicroRecipe(seed=seed)
+    passes = _max_passes(args)
+    return dataclasses.replace(recipe, max_passes=passes) if passes else recipe
+
+
+def _int_list(value: str) -> list[int]:
+    try:
+        items = [int(item) for item in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not items:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return items
 
 
 def _probe_file(value: str | None, name: str):
@@ -238,6 +305,8 @@ def cmd_methods(args) -> int:
             needs.append("reference log-probs (computed once)")
         elif method.needs_reference == "model":
             needs.append("reference model")
+        if getattr(method, "needs_base", False):
+            needs.append("pretrained base (--base)")
         print(f"{name:12s} {method.description}")
         print(f"{'':12s} needs: {', '.join(needs)}")
         options = [f"{f.name}={f.default}" for f in dataclasses.fields(method.Config)]
@@ -273,14 +342,25 @@ def cmd_unlearn(args) -> int:
         forget, retain = load_probes(forget_path), []
         if not forget:
             raise InputError("the forget set is empty", path=forget_path)
+    base_dir = None
+    if getattr(method_cls, "needs_base", False):
+        from obliviate.models.micro import resolve_base
+
+        if not args.base:
+            raise InputError(f"method {run_plan.method_name} needs --base: the pretrained model --model was "
+                             "fine-tuned from", field="base")
+        base_dir = resolve_base(args.base)
     started = time.time()
     loaded = load_model(args.model, dtype=args.dtype)
     result = unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
-                     reference_loader=lambda: load_model(args.model, dtype=args.dtype).model)
+                     reference_loader=lambda: load_model(args.model, dtype=args.dtype).model,
+                     base_loader=(lambda: load_model(base_dir, dtype=args.dtype).model) if base_dir else None)
     inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
               "forget_sha256": sha256_file(forget_path)}
     if retain_path is not None:
         inputs.update(retain=str(retain_path), retain_sha256=sha256_file(retain_path))
+    if base_dir is not None:
+        inputs["base"] = str(Path(base_dir).resolve())
     record = {**result.record, "inputs": inputs, "command": _command_line(),
               "total_seconds": time.time() - started, "dtype": args.dtype,
               "versions": _versions(), "platform": platform.platform()}
@@ -292,23 +372,26 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def _gate_reference(value: str) -> float:
+def _gate_reference(value: str) -> tuple[float, float | None]:
+    """(utility, held-out loss or None) of the original model, from a number or its evaluation JSON."""
     import json
 
     try:
-        return float(value)
+        return float(value), None
     except ValueError:
         pass
     path = Path(value)
     if not path.is_file():
         raise InputError("expected a number or an evaluation_results.json", path=value, field="gate")
     try:
-        utility = json.loads(path.read_text()).get("utility")
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"malformed JSON ({error.msg})", path=path, line=error.lineno) from None
+    utility = record.get("utility") if isinstance(record, dict) else None
     if not isinstance(utility, (int, float)):
         raise InputError("no numeric 'utility' in this evaluation", path=path, field="utility")
-    return float(utility)
+    heldout = record.get("heldout_loss")
+    return float(utility), float(heldout) if isinstance(heldout, (int, float)) else None
 
 
 def cmd_evaluate(args) -> int:
@@ -332,16 +415,19 @@ def cmd_evaluate(args) -> int:
         data.nonmembers = load_documents(mia_dir / "nonmember.jsonl")
     if args.utility:
         data.utility = load_probes(_probe_file(args.utility, "utility"))
+    if args.heldout:
+        data.heldout = load_documents(_probe_file(args.heldout, "heldout"))
     if args.mmlu:
         from obliviate.data.mmlu import subjects
 
         subjects(args.mmlu)  # validates the layout before the model loads
         data.mmlu_dir, data.mmlu_shots, data.mmlu_limit = Path(args.mmlu), args.mmlu_shots, args.mmlu_limit
-    original_utility = _gate_reference(args.gate) if args.gate else None
+    original_utility, original_heldout = _gate_reference(args.gate) if args.gate else (None, None)
     loaded = load_model(args.model, dtype=args.dtype, device=str(device()))
     results = evaluate(loaded.model, loaded.tokenizer, data, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size)
-    collapsed = apply_gate(results, original_utility) if original_utility is not None else False
+    collapsed = apply_gate(results, original_utility, original_heldout_loss=original_heldout) \
+        if original_utility is not None else False
     if not is_main_process():  # under accelerate launch every process holds the gathered results; one writes
         return EXIT_COLLAPSED if collapsed else 0
     results["command"] = _command_line()
@@ -351,14 +437,15 @@ def cmd_evaluate(args) -> int:
         write_json_atomic(tmp / "evaluation_results.json", results)
     _print_summary(results)
     if collapsed:
-        print(f"COLLAPSED: utility {results['utility']:.4f} < {results['collapse-gate']['threshold']:.4f} "
-              f"(0.75 x the original's {original_utility:.4f})", file=sys.stderr)
+        print(f"COLLAPSED: {'; '.join(results['collapse-gate']['reasons'])} (the original's utility "
+              f"{original_utility:.4f})", file=sys.stderr)
         return EXIT_COLLAPSED
     return 0
 
 
 def _print_summary(results: dict) -> None:
-    keys = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "utility", "aggregate-score")
+    keys = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "utility", "heldout_loss",
+            "aggregate-score")
     print(" ".join(f"{key}={results[key]:.4f}" for key in keys if isinstance(results.get(key), (int, float))))
 
 
@@ -498,7 +585,9 @@ def cmd_demo(args) -> int:
         methods = method_names()
     run_demo(data=args.data, out=args.out, methods=methods, cache_dir=args.cache_dir,
              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite,
-             command=_command_line(), log=lambda message: print(message, file=sys.stderr, flush=True))
+             command=_command_line(), log=lambda message: print(message, file=sys.stderr, flush=True),
+             base=_base_value(args.base), seeds=args.seeds, target_seeds=args.target_seeds,
+             max_passes=_max_passes(args))
     return 0
 
 
@@ -510,14 +599,42 @@ def cmd_micro(args) -> int:
     from obliviate.models.micro import build_micro_models
 
     check_output_dir(args.out, args.overwrite)
-    benchmark = benchmark_from(args.data)
-    micro = build_micro_models(benchmark, cache_dir=args.cache_dir,
+    base = _base_value(args.base)
+    benchmark = benchmark_from(args.data, base=base)
+    micro = build_micro_models(benchmark, _recipe(base, args), cache_dir=args.cache_dir, base=base,
                                log=lambda message: print(message, file=sys.stderr, flush=True))
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         benchmark.write(tmp / "data")
         for role in ("target", "oracle"):
             shutil.copytree(micro.paths[role], tmp / role)
-    print(f"wrote {args.out}/data, {args.out}/target, {args.out}/oracle")
+        if micro.base is not None:
+            shutil.copytree(micro.base, tmp / "base")
+    written = ["data", "target", "oracle"] + (["base"] if micro.base is not None else [])
+    print("wrote " + ", ".join(f"{args.out}/{name}" for name in written))
+    return 0
+
+
+def cmd_base(args) -> int:
+    import dataclasses
+    import json
+
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
+    from obliviate.models.base import BaseRecipe, load_corpus, pretrain_base
+    from obliviate.models.loading import save_model
+
+    check_output_dir(args.out, args.overwrite)
+    recipe = BaseRecipe()
+    if args.passes is not None:
+        if args.passes < 1:
+            raise InputError(f"must be >= 1, got {args.passes}", field="passes")
+        recipe = dataclasses.replace(recipe, passes=args.passes)
+    model, tokenizer, record = pretrain_base(load_corpus(), recipe,
+                                             log=lambda message: print(message, file=sys.stderr, flush=True))
+    with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+        save_model(model, tokenizer, tmp)
+        write_json_atomic(tmp / "base.json", record)
+    print(json.dumps({"out": args.out, "validation_loss": round(record["validation_loss"], 4),
+                      "train_seconds": round(record["train_seconds"], 1)}))
     return 0
 
 
@@ -528,7 +645,7 @@ def cmd_tune(args) -> int:
         method=args.method, out=Path(args.out), trials=args.trials, space=args.space, seed=args.seed,
         data=args.data, model=args.model, forget=args.forget, retain=args.retain, utility=args.utility,
         mia=args.mia, validation_fraction=args.validation_fraction, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite)
+        batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite, base=_base_value(args.base))
     result = tune(request, log=lambda message: print(message, file=sys.stderr, flush=True))
     return 0 if result.best is not None else EXIT_COLLAPSED
 
@@ -552,6 +669,7 @@ def _versions() -> dict:
 COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evaluate": cmd_evaluate, "audit": cmd_audit,
             "methods": cmd_methods, "muse-curves": cmd_muse_curves, "audit-report": cmd_audit_report}
 COMMANDS["tune"] = cmd_tune
+COMMANDS["base"] = cmd_base
 
 
 def main(argv: list[str] | None = None) -> int:

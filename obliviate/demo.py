@@ -1,82 +1,188 @@
 """``obliviate demo``: the whole flow on the micro benchmark.
 
-data -> target and oracle (trained once, cached) -> every shipped method with its tuned defaults -> the same
-audit for all -> one table, ``results.json`` and a Markdown report.
+data -> pretrained base -> target and oracle fine-tuned from it (cached) -> every chosen method with its
+defaults, several seeds -> the same evaluation for all -> one table of means and spreads, ``results.json`` and
+a Markdown report.
+
+Honest numbers: the benchmark is split into a validation part (where ``obliviate tune`` chooses defaults)
+and a disjoint test part; the methods unlearn the test part's forget documents (with its retain documents),
+and every figure of the table is measured on the test part. Each method runs with ``seeds`` unlearning seeds
+on each of ``target_seeds`` independently fine-tuned targets; a row gives the mean and standard deviation
+over all those runs.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
 
-DEFAULT_METHODS = ("GradAscent", "GradDiff", "KL", "NPO")
+DEFAULT_METHODS = ("GradAscent", "GradDiff", "KL", "NPO", "BaseTeacher")
+DEFAULT_SEEDS = (0, 1, 2)
+# Aims of the proof ground (issue: a pretrained base): non-member text may cost the target at most this many
+# nats per token more than it costs the base; the base's own non-member loss at most this; the oracle's
+# loss-MIA AUC within this interval.
+AIM_TARGET_DRIFT = 0.5
+AIM_BASE_LOSS = 4.0
+AIM_ORACLE_AUC = (0.4, 0.6)
 
 
 def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
              methods: Sequence[str] = DEFAULT_METHODS, cache_dir: str | Path | None = None,
              max_new_tokens: int = 256, batch_size: int = 32, overwrite: bool = False,
-             command: str = "obliviate demo", log: Callable[[str], None] = print) -> list[dict]:
-    """Run the demo; returns one summary row per model (target, oracle, methods)."""
+             command: str = "obliviate demo", log: Callable[[str], None] = print, base: str | None = "bundled",
+             seeds: Sequence[int] = DEFAULT_SEEDS, target_seeds: Sequence[int] = (0,),
+             max_passes: int | None = None) -> list[dict]:
+    """Run the demo; returns one summary row per model (target, oracle, methods), means over runs."""
+    import dataclasses
+
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
+    from obliviate.audit.likelihood import document_losses
     from obliviate.data.micro import benchmark_from
     from obliviate.models.loading import load_model
-    from obliviate.models.micro import build_micro_models
+    from obliviate.models.micro import FineTuneRecipe, MicroRecipe, build_micro_models, resolve_base
     from obliviate.report.table import markdown_table
     from obliviate.training.unlearn import plan, unlearn
+    from obliviate.tune import scaled_steps, split_benchmark
 
     if out is not None:
         check_output_dir(out, overwrite)
     plans = {name: plan(name) for name in methods}  # validate every method before any training
-    benchmark = benchmark_from(data)
-    log(f"benchmark: {benchmark.source} ({len(benchmark.forget)} forget, {len(benchmark.retain)} retain, "
-        f"{len(benchmark.utility)} utility probes; {len(benchmark.nonmembers)} MIA non-members)")
-    micro = build_micro_models(benchmark, cache_dir=cache_dir, log=log)
-    eval_data = EvaluationData(forget=benchmark.forget, retain=benchmark.retain, members=benchmark.members,
-                               nonmembers=benchmark.nonmembers, utility=benchmark.utility)
+    base_dir = resolve_base(base)
+    needs_base = [name for name in plans if base_dir is None and _needs_base(name)]
+    if needs_base:
+        from obliviate.errors import InputError
 
-    def audit(name: str, model) -> dict:
-        return evaluate(model, micro.tokenizer, eval_data, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        raise InputError(f"{', '.join(needs_base)} needs a pretrained base; not with --base scratch", field="methods")
+    benchmark = benchmark_from(data, base=base)
+    validation, test = split_benchmark(benchmark)
+    log(f"benchmark: {benchmark.source} ({len(benchmark.forget)} forget, {len(benchmark.retain)} retain, "
+        f"{len(benchmark.utility)} utility probes; {len(benchmark.nonmembers)} MIA non-members, "
+        f"{len(benchmark.heldout)} held-out documents); reported on the test part: {len(test.forget)} forget, "
+        f"{len(test.retain)} retain, {len(test.utility)} utility probes, {len(test.nonmembers)} non-members")
+    eval_data = EvaluationData(forget=test.forget, retain=test.retain, members=test.members,
+                               nonmembers=test.nonmembers, utility=test.utility, heldout=test.heldout or None)
+    steps_scale = len(test.forget) / len(benchmark.forget)  # defaults count steps on the whole forget set
+
+    def audit(name: str, model, tokenizer) -> dict:
+        return evaluate(model, tokenizer, eval_data, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         desc=name)
 
-    evaluations, records, rows = {}, {}, []
-    evaluations["target"] = audit("target", micro.target)
-    original_utility = evaluations["target"]["utility"]
-    evaluations["oracle"] = audit("oracle", micro.oracle)
-    for name in ("target", "oracle"):
-        apply_gate(evaluations[name], original_utility)
-        records[name] = micro.records[name]
-        rows.append(summary_row(name, evaluations[name], micro.records[name]["train_seconds"]))
-    for name, run_plan in plans.items():
-        log(f"unlearning with {name}")
-        model = load_model(micro.paths["target"], device=None).model  # a fresh copy: the cache stays intact
-        result = unlearn(model, micro.tokenizer, benchmark.forget, benchmark.retain, run_plan,
-                         reference_loader=lambda: load_model(micro.paths["target"], device=None).model)
-        evaluations[name] = audit(name, result.model)
-        apply_gate(evaluations[name], original_utility)
-        records[name] = result.record
-        rows.append(summary_row(name, evaluations[name], result.record["wall_seconds"],
-                                result.record["peak_memory_added_bytes"]))
-        del model, result
+    aims: dict = {}
+    if base_dir is not None:
+        base_loaded = load_model(base_dir, device=None)
+        nonmember = document_losses(base_loaded.model, base_loaded.tokenizer, [d.text for d in test.nonmembers],
+                                    batch_size=batch_size, desc=None)
+        aims["base_nonmember_loss"] = statistics.fmean(nonmember)
+        del base_loaded
 
+    runs: dict[str, list[dict]] = {"target": [], "oracle": []}
+    evaluations: dict[str, dict] = {}
+    for target_seed in target_seeds:
+        recipe = (FineTuneRecipe(seed=target_seed) if base_dir is not None
+                  else MicroRecipe(seed=target_seed))
+        if max_passes:
+            recipe = dataclasses.replace(recipe, max_passes=max_passes)
+        micro = build_micro_models(benchmark, recipe, cache_dir=cache_dir, log=log, base=base_dir)
+        suffix = f"@target{target_seed}" if len(target_seeds) > 1 else ""
+        target_eval = audit(f"target{suffix}", micro.target, micro.tokenizer)
+        original_utility, original_heldout = target_eval["utility"], target_eval.get("heldout_loss")
+        oracle_eval = audit(f"oracle{suffix}", micro.oracle, micro.tokenizer)
+        for name, results in (("target", target_eval), ("oracle", oracle_eval)):
+            apply_gate(results, original_utility, original_heldout_loss=original_heldout)
+            runs[name].append(summary_row(name, results, micro.records[name]["train_seconds"]))
+            evaluations[f"{name}{suffix}"] = {"evaluation": results, "record": micro.records[name]}
+        for name, run_plan in plans.items():
+            for seed in seeds:
+                label = f"{name}{suffix}@seed{seed}"
+                log(f"unlearning with {label}")
+                seeded = scaled_steps(dataclasses.replace(
+                    run_plan, training=dataclasses.replace(run_plan.training, seed=seed)), steps_scale)
+                model = load_model(micro.paths["target"], device=None).model  # a fresh copy: the cache stays intact
+                result = unlearn(model, micro.tokenizer, test.forget, test.retain, seeded,
+                                 reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
+                                 base_loader=(lambda: load_model(base_dir, device=None).model) if base_dir else None)
+                results = audit(label, result.model, micro.tokenizer)
+                apply_gate(results, original_utility, original_heldout_loss=original_heldout)
+                runs.setdefault(name, []).append(summary_row(name, results, result.record["wall_seconds"],
+                                                             result.record["peak_memory_added_bytes"]))
+                evaluations[label] = {"evaluation": results, "record": result.record}
+                del model, result
+        if base_dir is not None:
+            aims.setdefault("target_nonmember_loss", []).append(
+                statistics.fmean(target_eval["mia_losses"]["nonmember"]))
+            aims.setdefault("oracle_mia_auc", []).append(oracle_eval["mia_loss_acc"])
+
+    rows = [summarise(name, entries) for name, entries in runs.items()]
     table = markdown_table(rows)
     print(table, file=sys.stdout, flush=True)
+    notes = aim_lines(aims) if aims else []
+    for line in notes:
+        print(line, file=sys.stdout, flush=True)
     if out is not None:
-        _write_outputs(Path(out), overwrite, rows, evaluations, records, benchmark, command)
+        _write_outputs(Path(out), overwrite, rows, runs, evaluations, benchmark, command, notes, aims)
         log(f"wrote {out}/results.json and {out}/report.md")
     return rows
 
 
-def _write_outputs(out: Path, overwrite: bool, rows, evaluations, records, benchmark, command) -> None:
+def _needs_base(name: str) -> bool:
+    from obliviate.methods import get_method
+
+    return getattr(get_method(name), "needs_base", False)
+
+
+NUMERIC_SKIP = ("name", "collapsed", "std", "runs")
+
+
+def summarise(name: str, entries: Sequence[dict]) -> dict:
+    """One row from several runs: the mean of every figure, ``std`` (sample standard deviation, with two or
+    more runs) and ``collapsed`` as "k/n" when there are several runs."""
+    row: dict = {"name": name, "runs": len(entries)}
+    spread: dict = {}
+    for key in entries[0]:
+        if key in NUMERIC_SKIP:
+            continue
+        values = [e[key] for e in entries if e.get(key) is not None]
+        if not values:
+            row[key] = None
+            continue
+        row[key] = statistics.fmean(values)
+        if len(values) > 1:
+            spread[key] = statistics.stdev(values)
+    flags = [bool(e["collapsed"]) for e in entries]
+    row["collapsed"] = flags[0] if len(flags) == 1 else f"{sum(flags)}/{len(flags)}"
+    row["std"] = spread
+    return row
+
+
+def aim_lines(aims: dict) -> list[str]:
+    """The proof ground's aims, each with its measured value and whether it was met."""
+    lines = []
+    base_loss = aims["base_nonmember_loss"]
+    lines.append(f"aim: base's loss on the test non-members {base_loss:.3f} nats/token (aim <= {AIM_BASE_LOSS}): "
+                 + ("met" if base_loss <= AIM_BASE_LOSS else "NOT met"))
+    for target_loss in aims.get("target_nonmember_loss", []):
+        drift = target_loss - base_loss
+        lines.append(f"aim: target's loss on them {target_loss:.3f}, {drift:+.3f} over the base (aim <= "
+                     f"+{AIM_TARGET_DRIFT}): " + ("met" if drift <= AIM_TARGET_DRIFT else "NOT met"))
+    low, high = AIM_ORACLE_AUC
+    for auc in aims.get("oracle_mia_auc", []):
+        lines.append(f"aim: oracle's loss-MIA AUC {auc:.3f} (aim in [{low}, {high}]): "
+                     + ("met" if low <= auc <= high else "NOT met"))
+    return lines
+
+
+def _write_outputs(out: Path, overwrite: bool, rows, runs, evaluations, benchmark, command, notes, aims) -> None:
     from obliviate.report.markdown import demo_report, plot_scores
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        write_json_atomic(tmp / "results.json", {"command": command, "benchmark": benchmark.source, "rows": rows})
-        for name, results in evaluations.items():
-            write_json_atomic(tmp / "evaluations" / f"{name}.json", {"evaluation": results,
-                                                                      "record": records[name]})
+        write_json_atomic(tmp / "results.json", {"command": command, "benchmark": benchmark.source, "rows": rows,
+                                                 "runs": runs, "aims": aims})
+        for name, value in evaluations.items():
+            write_json_atomic(tmp / "evaluations" / f"{name}.json", value)
         benchmark.write(tmp / "benchmark")
         plot_scores(rows, tmp / "scores.png")
-        (tmp / "report.md").write_text(demo_report(rows, source=benchmark.source, command=command))
+        (tmp / "report.md").write_text(demo_report(rows, source=benchmark.source, command=command, notes=notes))

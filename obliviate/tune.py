@@ -1,6 +1,7 @@
 """``obliviate tune``: search a method's learning rate, steps and loss weights on a validation split.
 
-The split. Every set of the benchmark (forget, retain, utility probes and the MIA non-members) is divided by
+The split. Every set of the benchmark (forget, retain, utility probes, the MIA non-members and the held-out
+documents) is divided by
 *document*, per task, into a **validation** part (``validation_fraction`` of the documents, 40% by default, at
 least one per task where a task has two or more) and a **test** part (the rest), with a fixed seed: the same
 data always gives the same split. Trials unlearn the validation forget documents (with the validation retain
@@ -87,6 +88,8 @@ def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) ->
     held = _split_ids(benchmark.nonmembers, lambda d: d.id, lambda d: d.task, fraction, "nonmember")
     nonmembers = ([d for d in benchmark.nonmembers if d.id in held],
                   [d for d in benchmark.nonmembers if d.id not in held])
+    held = _split_ids(benchmark.heldout, lambda d: d.id, lambda d: d.task, fraction, "heldout")
+    heldout = ([d for d in benchmark.heldout if d.id in held], [d for d in benchmark.heldout if d.id not in held])
     if not parts["forget"][0]:
         raise InputError("too few forget documents to hold out a validation part (a task needs 2 or more)",
                          field="forget")
@@ -100,7 +103,7 @@ def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) ->
 
     validation, test = (
         Benchmark(forget=parts["forget"][i], retain=parts["retain"][i], utility=parts["utility"][i],
-                  members=member_part(parts["forget"][i]), nonmembers=nonmembers[i],
+                  members=member_part(parts["forget"][i]), nonmembers=nonmembers[i], heldout=heldout[i],
                   source=f"{benchmark.source} ({label} part)")
         for i, label in ((0, "validation"), (1, "test")))
     return validation, test
@@ -428,7 +431,9 @@ def scaled_steps(run_plan, steps_scale: float):
 
 
 def model_trial_runner(target_path: Path, tokenizer, validation: Benchmark, target_utility: float | None, *,
-                       max_new_tokens: int, batch_size: int, steps_scale: float = 1.0) -> Callable[[Any], dict]:
+                       max_new_tokens: int, batch_size: int, steps_scale: float = 1.0,
+                       base_path: Path | None = None,
+                       target_heldout_loss: float | None = None) -> Callable[[Any], dict]:
     """Unlearn a fresh copy of the target on the validation forget/retain documents, then score it there.
 
     A trial's ``max_steps`` counts steps on the data the chosen options will be applied to (the test part);
@@ -445,10 +450,12 @@ def model_trial_runner(target_path: Path, tokenizer, validation: Benchmark, targ
         run_plan = scaled_steps(run_plan, steps_scale)
         model = load_model(target_path).model
         result = unlearn(model, tokenizer, validation.forget, validation.retain, run_plan,
-                         reference_loader=lambda: load_model(target_path).model, progress=False)
+                         reference_loader=lambda: load_model(target_path).model,
+                         base_loader=(lambda: load_model(base_path).model) if base_path else None, progress=False)
         results = evaluate(result.model, tokenizer, data, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            desc=f"{run_plan.method_name} trial")
-        collapsed = apply_gate(results, target_utility) if target_utility is not None else None
+        collapsed = apply_gate(results, target_utility, original_heldout_loss=target_heldout_loss) \
+            if target_utility is not None else None
         return {"scores": scores_of(results), "collapsed": collapsed, "steps": result.record["steps"],
                 "final_loss": result.record["final_loss"], "train_seconds": result.record["wall_seconds"],
                 "evaluation_seconds": results["evaluation_seconds"]}
@@ -462,7 +469,7 @@ def evaluation_data(part: Benchmark):
     has_mia = bool(part.members) and bool(part.nonmembers)
     return EvaluationData(forget=part.forget, retain=part.retain,
                           members=part.members if has_mia else None, nonmembers=part.nonmembers if has_mia else None,
-                          utility=part.utility or None)
+                          utility=part.utility or None, heldout=part.heldout or None)
 
 
 def target_scores(out: Path, target_path: Path, tokenizer, validation: Benchmark, *, max_new_tokens: int,
@@ -477,7 +484,7 @@ def target_scores(out: Path, target_path: Path, tokenizer, validation: Benchmark
     log("evaluating the target on the validation part")
     results = evaluate(load_model(target_path).model, tokenizer, evaluation_data(validation),
                        max_new_tokens=max_new_tokens, batch_size=batch_size, desc="target")
-    record = {"model": str(target_path), "scores": scores_of(results)}
+    record = {"model": str(target_path), "scores": scores_of(results), "heldout_loss": results.get("heldout_loss")}
     write_json_atomic(path, record)
     return record
 
@@ -515,6 +522,7 @@ class TuneRequest:
     batch_size: int = 16
     cache_dir: str | None = None
     overwrite: bool = False
+    base: str | None = "bundled"  # the pretrained base of the micro target (and BaseTeacher's teacher)
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -577,6 +585,8 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
     import shlex
     import sys
 
+    from obliviate.models.micro import resolve_base
+
     space = check_request(request)
     out = Path(request.out)
     prepare_out(out, request.overwrite)
@@ -586,13 +596,14 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
         check_model_dir(request.model)
         benchmark = _user_benchmark(request)
         target_path, tokenizer = Path(request.model).resolve(), load_model(request.model).tokenizer
+        base_path = resolve_base(request.base) if request.base != "bundled" else None
     else:
         from obliviate.data.micro import benchmark_from
         from obliviate.models.micro import build_micro_models
 
-        benchmark = benchmark_from(request.data)
-        micro = build_micro_models(benchmark, cache_dir=request.cache_dir, log=log)
-        target_path, tokenizer = Path(micro.paths["target"]), micro.tokenizer
+        benchmark = benchmark_from(request.data, base=request.base)
+        micro = build_micro_models(benchmark, cache_dir=request.cache_dir, log=log, base=request.base)
+        target_path, tokenizer, base_path = Path(micro.paths["target"]), micro.tokenizer, micro.base
     validation, test = split_benchmark(benchmark, request.validation_fraction)
     # The tuned defaults count steps on the whole forget set; the grid counts them on the test part, so the
     # defaults' point is rescaled to give each document as many passes.
@@ -603,7 +614,8 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
         f"({len(test.forget)} forget probes) is written to {out / 'test'} for the final evaluation")
     steps_scale = len(validation.forget) / len(test.forget)
     fingerprint = {"method": request.method, "validation": validation.fingerprint(), "target": str(target_path),
-                   "max_new_tokens": request.max_new_tokens, "steps_scale": steps_scale}
+                   "max_new_tokens": request.max_new_tokens, "steps_scale": steps_scale,
+                   "base": str(base_path) if base_path else None}
     out.mkdir(parents=True, exist_ok=True)
     check_fingerprint(out, fingerprint)
     write_parts(out, validation, test)
@@ -628,7 +640,8 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
         method=request.method, space=space, trials=request.trials, seed=request.seed, out=out,
         run_trial=model_trial_runner(target_path, tokenizer, validation, target_utility,
                                      max_new_tokens=request.max_new_tokens, batch_size=request.batch_size,
-                                     steps_scale=steps_scale),
+                                     steps_scale=steps_scale, base_path=base_path,
+                                     target_heldout_loss=target.get("heldout_loss")),
         fingerprint=fingerprint, unlearn_command=command, log=log,
         default_overrides={"max_steps": default_steps(request.method, steps_factor)},
         notes=[f"tuned on {len(validation.forget)} forget probes; the test part has {len(test.forget)}: max_steps "

@@ -27,7 +27,8 @@ def test_method_trains_trainable_and_leaves_frozen(name, tiny_tokenizer, bundled
     selected = set(planned_weights(model, run.training,
                                    getattr(get_method(name)(run.method_config), "default_train_layers", None))[0])
     result = unlearn(model, tiny_tokenizer, bundled_probes["forget"][:6], bundled_probes["retain"][:6], run,
-                     reference_loader=lambda: build_tiny_model(tiny_tokenizer), progress=False)
+                     reference_loader=lambda: build_tiny_model(tiny_tokenizer),
+                     base_loader=lambda: build_tiny_model(tiny_tokenizer, seed=1), progress=False)
     after = dict(result.model.named_parameters())
     method = get_method(name)
     changeable = [n for n in before if n not in frozen]
@@ -105,3 +106,21 @@ def test_loss_on_output_masks_the_prompt(tiny_tokenizer, bundled_probes):
     assert full["labels"] == full["input_ids"] and full["input_ids"][-1] == tiny_tokenizer.eos_token_id
     assert output_only["labels"][:prompt_length] == [IGNORE_INDEX] * prompt_length
     assert output_only["labels"][prompt_length:] == full["input_ids"][prompt_length:]
+
+
+def test_base_teacher_needs_a_base_with_the_same_vocabulary(tiny_tokenizer, bundled_probes):
+    run = plan("BaseTeacher", {"max_steps": "1", "batch_size": "2"})
+    args = (build_tiny_model(tiny_tokenizer), tiny_tokenizer, bundled_probes["forget"][:2],
+            bundled_probes["retain"][:2], run)
+    with pytest.raises(InputError, match="needs the pretrained model"):
+        unlearn(*args, reference_loader=lambda: build_tiny_model(tiny_tokenizer), progress=False)
+
+    def other_vocabulary():
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        return LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                            num_attention_heads=2, intermediate_size=32))
+
+    with pytest.raises(InputError, match="vocabulary"):
+        unlearn(*args, reference_loader=lambda: build_tiny_model(tiny_tokenizer), base_loader=other_vocabulary,
+                progress=False)

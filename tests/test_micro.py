@@ -25,7 +25,9 @@ def test_bundled_sets_are_disjoint_and_stratified():
             docs = {p.document_id for p in getattr(benchmark, name) if p.task == task}
             kinds = {p.kind.value for p in getattr(benchmark, name) if p.task == task}
             assert len(docs) == per_task and kinds == {"regurgitation", "knowledge"}
-    assert len(benchmark.nonmembers) == 3 * sizes.nonmember
+    assert len(benchmark.nonmembers) == 3 * sizes.nonmember and len(benchmark.heldout) == 3 * sizes.heldout
+    heldout = {d.id for d in benchmark.heldout}
+    assert not heldout & (nonmembers | set().union(*documents.values()))
     # A member document is its sentence-completion row joined back, as in the official MIA files.
     forget_sc = {p.document_id: p for p in benchmark.forget if p.kind.value == "regurgitation"}
     assert all(d.text == forget_sc[d.id].input + " " + forget_sc[d.id].output for d in benchmark.members)
@@ -44,8 +46,22 @@ def test_bundled_copy_is_what_the_sampler_draws_from_lume(tmp_path):
 def test_sampler_reports_a_directory_too_small(tmp_path, tiny_lume_dir):
     from obliviate.errors import InputError
 
-    with pytest.raises(InputError, match="forget.jsonl: Task1 has 2 documents .* needs 10"):
+    with pytest.raises(InputError, match="forget.jsonl: Task1 has 2 usable documents .* needs 15"):
         sample_micro_benchmark(tiny_lume_dir)
+
+
+@pytest.mark.skipif(not LUME.is_dir(), reason="needs the public LUME data in ../shared")
+def test_sampling_for_the_bundled_base_avoids_its_pretraining_documents():
+    from obliviate.data.micro import benchmark_from
+    from obliviate.models.base import corpus_document_ids
+
+    pretrained_on = corpus_document_ids()
+    # From the train split only the documents the base never saw remain: the bundled sample's own.
+    train = benchmark_from(LUME / "train", base="bundled")
+    assert not train.document_ids() & pretrained_on
+    assert train.document_ids() == load_bundled().document_ids()
+    validation = benchmark_from(LUME / "validation", base="bundled")
+    assert not validation.document_ids() & pretrained_on and len(validation.heldout) == 12
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ class EvaluationData:
     members: list[Document] | None = None
     nonmembers: list[Document] | None = None
     utility: list[Probe] | None = None  # a LUME-format utility set (the micro benchmark's)
+    heldout: list[Document] | None = None  # in-domain text no model saw: general ability, by its loss
     mmlu_dir: Path | None = None
     mmlu_shots: int = 5
     mmlu_limit: int | None = None
@@ -73,6 +75,12 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
         utility = utility_set_score(utility_split)
         utility_details = {"kind": "utility-set", "utility-set": utility_split}
 
+    if data.heldout:
+        texts = [d.text for d in data.heldout]
+        per_document = shard_map(lambda items: document_losses(model, tokenizer, items, batch_size=batch_size,
+                                                                desc=f"{label}held-out losses"), texts)
+        results_extra["heldout_loss"] = token_weighted_loss(tokenizer, texts, per_document)
+
     results = lume_results(generations["forget"], generations["retain"], member_losses=member_losses,
                            nonmember_losses=nonmember_losses, utility=utility)
     results.update(results_extra)
@@ -91,13 +99,30 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
     return results
 
 
-def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_RATIO) -> bool:
-    """Mark ``results`` collapsed when utility fell below ``ratio`` x the original model's; returns it."""
+def token_weighted_loss(tokenizer, texts: Sequence[str], per_document: Sequence[float]) -> float:
+    """Mean next-token loss over all predicted tokens of ``texts`` (log-perplexity of the whole set), from
+    per-document mean losses."""
+    counts = [max(len(tokenizer(text).input_ids) - 1, 1) for text in texts]
+    return sum(loss * n for loss, n in zip(per_document, counts)) / sum(counts)
+
+
+def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_RATIO,
+               original_heldout_loss: float | None = None) -> bool:
+    """Mark ``results`` collapsed when utility fell below ``ratio`` x the original model's, or (when both have
+    a held-out loss) when held-out perplexity rose above 1 / ``ratio`` x the original's (the same 75% rule on
+    1 / perplexity: a rise of ln(4/3) = 0.288 nats per token); returns it."""
     threshold = ratio * original_utility
-    collapsed = results.get("utility") is not None and results["utility"] < threshold
-    results["collapse-gate"] = {"original-utility": original_utility, "ratio": ratio, "threshold": threshold,
-                                "collapsed": bool(collapsed)}
-    return bool(collapsed)
+    reasons = []
+    if results.get("utility") is not None and results["utility"] < threshold:
+        reasons.append(f"utility {results['utility']:.3f} < {threshold:.3f}")
+    gate = {"original-utility": original_utility, "ratio": ratio, "threshold": threshold}
+    if original_heldout_loss is not None and results.get("heldout_loss") is not None:
+        limit = original_heldout_loss + math.log(1 / ratio)
+        gate.update({"original-heldout-loss": original_heldout_loss, "heldout-loss-limit": limit})
+        if not results["heldout_loss"] <= limit:  # NaN counts as collapsed
+            reasons.append(f"held-out loss {results['heldout_loss']:.3f} > {limit:.3f}")
+    results["collapse-gate"] = {**gate, "collapsed": bool(reasons), "reasons": reasons}
+    return bool(reasons)
 
 
 def summary_row(name: str, results: dict, seconds: float | None = None, memory_bytes: int | None = None) -> dict:
@@ -114,6 +139,7 @@ def summary_row(name: str, results: dict, seconds: float | None = None, memory_b
         "mia_auc": results.get("mia_loss_acc"),
         "mia_score": results.get("mia_final_score"),
         "utility": results.get("utility"),
+        "heldout_loss": results.get("heldout_loss"),
         "final_score": results.get("aggregate-score"),
         "collapsed": results.get("collapse-gate", {}).get("collapsed"),
         "wall_seconds": seconds,

@@ -3,7 +3,9 @@
 A method class declares what it needs (``needs_retain``; ``needs_reference``: ``None``, ``"logprobs"`` for
 reference log-probabilities computed once before training, or ``"model"`` for a frozen reference model loaded
 fresh from the original checkpoint), its ``Config`` dataclass (named weights), the training settings it was
-tuned with (``training_defaults``), and ``loss(model, batch, reference_model)``.
+tuned with (``training_defaults``), and ``loss(model, batch, reference_model)``. A method with ``needs_base``
+also gets ``base_model``: the pretrained model the original was fine-tuned from (a model that never saw the
+forget set), loaded through ``unlearn``'s ``base_loader``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ REGISTRY: dict[str, str] = {
     "RMU": "obliviate.methods.rmu:RMU",
     "AILSNTUA": "obliviate.methods.ails_ntua:AILSNTUA",
     "SHA256": "obliviate.methods.sha256:SHA256",
+    "BaseTeacher": "obliviate.methods.base_teacher:BaseTeacher",
 }
 
 

@@ -1,14 +1,23 @@
-"""The micro benchmark's models: a small Llama trained from scratch until it has memorised its documents.
+"""The micro benchmark's models, built in two stages from a pretrained *base* (as the SemEval-2025 Task 4
+targets were: OLMo fine-tuned on the LUME documents):
 
-* **target**: trained on forget + retain + utility documents and their question/answer pairs: the model that
-  must forget.
-* **oracle**: the same recipe without the forget set: what exact unlearning (retraining) would give, the gold
-  standard every method is compared with.
+* **target**: the base fine-tuned on forget + retain + utility documents and their question/answer pairs until
+  it has memorised them: the model that must forget.
+* **oracle**: the same recipe from the same base without the forget set: what exact unlearning (retraining)
+  would give, the gold standard every method is compared with.
 
-Both are cached under a key made of the benchmark's texts and the recipe, so a second demo run only loads them.
-The recipe's defaults come from runs on a 2-core CPU (see ``../shared/notes/micro-target.md`` in the
-developers' tree): AdamW (0.9, 0.95) without weight decay, lr 2e-3 with warm-up and a cosine decay to 0.1x,
-gradient clipping at 1.0, and EOS after every text, without which exact match is impossible.
+The base is the bundled one by default (``obliviate.models.base``) or any local Hugging Face causal LM
+(``base=DIR``). Fine-tuning a small model on a few dozen documents alone makes it forget its pretraining
+(text it never saw climbs from 4.6 to 7.6 nats per token in a measured run), so every pass also replays
+pretraining-corpus texts (``replay_ratio`` per benchmark text, a fresh draw each pass) at a lower rate.
+
+``base=None`` keeps the first recipe, a Llama trained from scratch on the benchmark alone: a fast fixture for
+tests, not a benchmark (text it never saw costs it 6-12 nats per token, so no membership test can pass).
+
+Both models are cached under a key made of the benchmark's texts, the recipe and the base's files, so a second
+demo run only loads them. AdamW (0.9, 0.95), warm-up and a cosine decay to 0.1x, gradient clipping at 1.0, and
+EOS after every text, without which exact match is impossible (``../shared/notes/micro-target.md`` in the
+developers' tree has the from-scratch measurements).
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from obliviate.data.records import Probe
 from obliviate.io import sha256_json
 from obliviate.progress import progress_bar
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+BUNDLED = "bundled"  # the ``base`` value that names the bundled pretrained base
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,25 @@ class MicroRecipe:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class FineTuneRecipe:
+    """Stage two: fine-tuning a pretrained base until it has memorised the benchmark's documents."""
+
+    learning_rate: float = 1e-3
+    min_learning_rate_ratio: float = 0.1
+    warmup_steps: int = 10
+    decay_passes: int = 20
+    tokens_per_batch: int = 512
+    replay_ratio: float = 1.0  # pretraining texts replayed per benchmark text in every pass
+    max_passes: int = 60
+    first_check: int = 6
+    check_every: int = 3
+    check_max_new_tokens: int = 128
+    min_regurgitation: float = 0.9
+    min_knowledge: float = 0.8
+    seed: int = 0
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("OBLIVIATE_CACHE_DIR")
     if root:
@@ -61,20 +90,9 @@ def default_cache_dir() -> Path:
 
 def build_llama(tokenizer, recipe: MicroRecipe):
     """A small Llama-architecture model, randomly initialised (seeded)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from obliviate.models.base import build_llama as build
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads, num_key_value_heads=recipe.num_heads,
-        intermediate_size=recipe.intermediate_size, max_position_embeddings=recipe.max_position_embeddings,
-        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(recipe.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.eos_token_id
-    return model
+    return build(len(tokenizer), tokenizer.eos_token_id, recipe)
 
 
 def training_texts(probes: Sequence[Probe]) -> list[str]:
@@ -83,20 +101,9 @@ def training_texts(probes: Sequence[Probe]) -> list[str]:
 
 
 def _batches(lengths: list[int], tokens_per_batch: int, rng: random.Random) -> list[list[int]]:
-    """Length-bucketed batches (little padding), in a random order each pass."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i] + rng.random() * 8))
-    batches, current, width = [], [], 0
-    for i in order:
-        width_if_added = max(width, lengths[i])
-        if current and width_if_added * (len(current) + 1) > tokens_per_batch:
-            batches.append(current)
-            current, width_if_added = [], lengths[i]
-        current.append(i)
-        width = width_if_added
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+    from obliviate.models.base import length_batches
+
+    return length_batches(lengths, tokens_per_batch, rng)
 
 
 def memorisation_scores(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int) -> dict:
@@ -116,8 +123,10 @@ def memorisation_scores(model, tokenizer, probes: Sequence[Probe], max_new_token
 
 
 def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Sequence[Probe]],
-                    recipe: MicroRecipe, desc: str) -> tuple[object, dict]:
-    """Train a fresh model on ``probes`` until every check set is memorised (or ``max_passes``).
+                    recipe: MicroRecipe | FineTuneRecipe, desc: str, model=None,
+                    replay: Sequence[str] = ()) -> tuple[object, dict]:
+    """Train ``model`` (a fresh one from ``recipe`` if None) on ``probes`` until every check set is memorised
+    (or ``max_passes``), replaying ``recipe.replay_ratio`` texts of ``replay`` per probe in every pass.
 
     Returns the model from the first check that passed (scores fluctuate before they settle, so training
     stops there), or the best-scoring check if none passed, and a record of the run.
@@ -125,12 +134,22 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     import torch
 
     started = time.time()
-    model = build_llama(tokenizer, recipe)
+    if model is None:
+        model = build_llama(tokenizer, recipe)
     model.train()
     eos = tokenizer.eos_token_id
-    encoded = [tokenizer(text).input_ids + [eos] for text in training_texts(probes)]
-    lengths = [len(ids) for ids in encoded]
+    max_length = getattr(model.config, "max_position_embeddings", 1024) or 1024
+    own = [tokenizer(text).input_ids[:max_length - 1] + [eos] for text in training_texts(probes)]
+    replay_encoded = [tokenizer(text).input_ids[:min(max_length, 512) - 1] + [eos] for text in replay]
+    replay_count = min(len(replay_encoded), round(getattr(recipe, "replay_ratio", 0.0) * len(own)))
     rng = random.Random(recipe.seed)
+    replay_rng = random.Random(f"replay:{recipe.seed}")
+
+    def pass_examples() -> list[list[int]]:
+        return own + (replay_rng.sample(replay_encoded, replay_count) if replay_count else [])
+
+    encoded = pass_examples()
+    lengths = [len(ids) for ids in encoded]
     steps_per_pass = len(_batches(lengths, recipe.tokens_per_batch, random.Random(0)))
     decay_steps = max(1, recipe.decay_passes * steps_per_pass - recipe.warmup_steps)
 
@@ -148,6 +167,9 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     passed = False
     with progress_bar(total=recipe.max_passes, desc=desc, unit="pass") as bar:
         for epoch in range(1, recipe.max_passes + 1):
+            if epoch > 1 and replay_count:
+                encoded = pass_examples()
+                lengths = [len(ids) for ids in encoded]
             total_loss, total_tokens = 0.0, 0
             for batch in _batches(lengths, recipe.tokens_per_batch, rng):
                 width = max(lengths[i] for i in batch)
@@ -195,7 +217,8 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     model.eval()
     record = {"memorised": passed, "passes": history[-1]["pass"] if history else 0,
               "train_seconds": time.time() - started, "checks": history,
-              "parameters": sum(p.numel() for p in model.parameters())}
+              "parameters": sum(p.numel() for p in model.parameters()),
+              "replayed_texts_per_pass": replay_count}
     return model, record
 
 
@@ -206,11 +229,42 @@ class MicroModels:
     oracle: object
     records: dict
     paths: dict
+    base: Path | None = None  # the pretrained base both were fine-tuned from (None: trained from scratch)
 
 
-def _cache_key(benchmark: Benchmark, recipe: MicroRecipe, role: str) -> str:
+def resolve_base(base: str | Path | None) -> Path | None:
+    """The base model directory for ``base`` (``"bundled"``: the shipped one; None: from scratch)."""
+    if base is None:
+        return None
+    if str(base) == BUNDLED:
+        from obliviate.models.base import bundled_base_dir
+
+        return bundled_base_dir()
+    from obliviate.models.loading import check_model_dir
+
+    check_model_dir(base)
+    return Path(base)
+
+
+def base_fingerprint(base: Path) -> str:
+    """A hash of the base's files (weights, config, tokenizer): caches of models built from it are keyed by it."""
+    from obliviate.io import sha256_file
+
+    return sha256_json({p.name: sha256_file(p) for p in sorted(base.iterdir()) if p.is_file()})
+
+
+def replay_texts(base: Path, benchmark: Benchmark) -> list[str]:
+    """The pretraining texts replayed while fine-tuning: the bundled base corpus, less any text of a document
+    the benchmark uses (a user's base and ``--data`` sample may overlap it)."""
+    from obliviate.models.base import load_corpus
+
+    used = benchmark.document_ids()
+    return [t.text for t in load_corpus() if t.document_id not in used]
+
+
+def _cache_key(benchmark: Benchmark, recipe, role: str, base_key: str | None) -> str:
     return sha256_json({"benchmark": benchmark.fingerprint(), "recipe": asdict(recipe), "role": role,
-                        "version": RECIPE_VERSION})[:16]
+                        "version": RECIPE_VERSION, "base": base_key})[:16]
 
 
 def _load_cached(path: Path):
@@ -220,35 +274,52 @@ def _load_cached(path: Path):
     return loaded.model, loaded.tokenizer, json.loads((path / "memorisation.json").read_text())
 
 
-def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe = MicroRecipe(),
-                       cache_dir: str | Path | None = None, log=print) -> MicroModels:
-    """The tokenizer, target and oracle of a micro benchmark, trained or loaded from the cache."""
+def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe | FineTuneRecipe | None = None,
+                       cache_dir: str | Path | None = None, log=print, base: str | Path | None = BUNDLED,
+                       roles: Sequence[str] = ("target", "oracle")) -> MicroModels:
+    """The tokenizer, target and oracle of a micro benchmark, trained or loaded from the cache.
+
+    ``base``: ``"bundled"`` (the shipped pretrained base), a local Hugging Face causal-LM directory, or None
+    for the from-scratch fixture. ``recipe`` defaults to ``FineTuneRecipe()`` with a base and ``MicroRecipe()``
+    without one.
+    """
     from obliviate.io import atomic_output_dir
-    from obliviate.models.loading import save_model
+    from obliviate.models.loading import load_model, save_model
     from obliviate.models.tokenizer import train_tokenizer
 
+    base_dir = resolve_base(base)
+    if recipe is None:
+        recipe = FineTuneRecipe() if base_dir is not None else MicroRecipe()
+    base_key = base_fingerprint(base_dir) if base_dir is not None else None
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     models, records, paths = {}, {}, {}
     tokenizer = None
-    for role in ("target", "oracle"):
-        path = cache / "micro" / f"{role}-{_cache_key(benchmark, recipe, role)}"
+    for role in roles:
+        path = cache / "micro" / f"{role}-{_cache_key(benchmark, recipe, role, base_key)}"
         paths[role] = path
         if (path / "memorisation.json").is_file():
             model, cached_tokenizer, record = _load_cached(path)
             log(f"{role}: loaded from cache {path}")
             tokenizer = tokenizer or cached_tokenizer
         else:
-            if tokenizer is None:
-                # Trained on every text of the benchmark, non-members included, so that members and
-                # non-members are tokenised alike and only training, not the tokenizer, separates them.
-                tokenizer = train_tokenizer(benchmark.all_texts(), recipe.vocab_size)
             if role == "target":
                 probes = benchmark.forget + benchmark.retain + benchmark.utility
                 checks = {"forget": benchmark.forget, "retain": benchmark.retain, "utility": benchmark.utility}
             else:
                 probes = benchmark.retain + benchmark.utility
                 checks = {"retain": benchmark.retain, "utility": benchmark.utility}
-            model, record = train_memoriser(tokenizer, probes, checks, recipe, desc=f"training {role}")
+            if base_dir is None:
+                if tokenizer is None:
+                    # Trained on every text of the benchmark, non-members included, so that members and
+                    # non-members are tokenised alike and only training, not the tokenizer, separates them.
+                    tokenizer = train_tokenizer(benchmark.all_texts(), recipe.vocab_size)
+                model, record = train_memoriser(tokenizer, probes, checks, recipe, desc=f"training {role}")
+            else:
+                loaded = load_model(base_dir, device="cpu")
+                tokenizer = tokenizer or loaded.tokenizer
+                model, record = train_memoriser(tokenizer, probes, checks, recipe, desc=f"fine-tuning {role}",
+                                                model=loaded.model, replay=replay_texts(base_dir, benchmark))
+                record["base"] = str(base_dir)
             record["recipe"] = asdict(recipe)
             with atomic_output_dir(path, overwrite=True) as tmp:
                 save_model(model, tokenizer, tmp)
@@ -259,5 +330,5 @@ def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe = MicroRecipe()
                 + " ".join(f"{k}={v['regurgitation']:.2f}/{v['knowledge']:.2f}" for k, v in last.items()
                            if isinstance(v, dict)))
         models[role], records[role] = model, record
-    return MicroModels(tokenizer=tokenizer, target=models["target"], oracle=models["oracle"], records=records,
-                       paths=paths)
+    return MicroModels(tokenizer=tokenizer, target=models.get("target"), oracle=models.get("oracle"),
+                       records=records, paths=paths, base=base_dir)

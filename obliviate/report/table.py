@@ -7,7 +7,7 @@ from typing import Sequence
 SPLIT_SHORT = {"forget": "F", "retain": "R"}
 KIND_SHORT = {"regurgitation": "reg", "knowledge": "kno"}
 SUMMARY_COLUMNS = (("task_aggregate", "task agg"), ("mia_auc", "MIA AUC"), ("mia_score", "MIA score"),
-                   ("utility", "utility"), ("final_score", "final"), ("collapsed", "collapsed"),
+                   ("utility", "utility"), ("heldout_loss", "held-out loss"), ("final_score", "final"), ("collapsed", "collapsed"),
                    ("wall_seconds", "time (s)"), ("peak_memory_mib", "memory (MiB)"))
 
 
@@ -29,16 +29,29 @@ def _cell(value) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
+def _spread_cell(row: dict, key: str) -> str:
+    """A value, with `` ± std`` when the row carries a spread for it (``row["std"][key]``, over runs)."""
+    value = row.get(key)
+    if key in ROUNDED and value is not None:
+        return str(round(value))
+    text = _cell(value)
+    std = (row.get("std") or {}).get(key)
+    if std is not None and isinstance(value, float) and not isinstance(value, bool):
+        text += f" ± {std:.3f}"
+    return text
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS,
+                   per_task: bool = True) -> str:
     """Columns: the 12 per-task scores (F = forget, R = retain; reg = regurgitation, kno = knowledge), then the
     summary figures. Time is training (target, oracle) or unlearning (methods) wall time; memory is the peak
-    memory an unlearning run added (``obliviate.memory``; blank for target and oracle)."""
-    probe_keys = [key for key in rows[0] if key.count("/") == 2]
-    headers = ["model"] + [_short(k) for k in probe_keys] + [label for _, label in SUMMARY_COLUMNS]
+    memory an unlearning run added (``obliviate.memory``; blank for target and oracle). A row with several
+    runs (seeds) shows their mean ± standard deviation; ``collapsed`` then counts the collapsed runs."""
+    probe_keys = [key for key in rows[0] if key.count("/") == 2] if per_task else []
+    headers = ["model"] + [_short(k) for k in probe_keys] + [label for _, label in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
-        cells = [row["name"]] + [_cell(row.get(k)) for k in probe_keys]
-        cells += [_cell(round(row[key]) if key in ROUNDED and row.get(key) is not None else row.get(key))
-                  for key, _ in SUMMARY_COLUMNS]
+        cells = [row["name"]] + [_spread_cell(row, k) for k in probe_keys]
+        cells += [_spread_cell(row, key) for key, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -13,25 +13,29 @@ from transformers import Trainer
 
 
 class UnlearningTrainer(Trainer):
-    def __init__(self, *args, method, reference_model=None, **kwargs):
+    def __init__(self, *args, method, reference_model=None, base_model=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
         self.reference_model = reference_model
+        self.base_model = self._prepare_frozen(base_model) if base_model is not None else None
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_count = 0
         # A module is a frozen copy to prepare; anything else (LoRA's adapters-disabled view of the model being
         # trained, scope.AdapterDisabledReference) lives where the model lives and must not be frozen.
         if isinstance(reference_model, torch.nn.Module):
-            reference_model.eval()
-            reference_model.requires_grad_(False)
-            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                # Shard the frozen reference the same way as the model being trained.
-                self.reference_model = self.accelerator.prepare_model(reference_model, evaluation_mode=True)
-            else:
-                self.reference_model = reference_model.to(self.args.device)
+            self.reference_model = self._prepare_frozen(reference_model)
+
+    def _prepare_frozen(self, module):
+        module.eval()
+        module.requires_grad_(False)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            # Shard a frozen model the same way as the model being trained.
+            return self.accelerator.prepare_model(module, evaluation_mode=True)
+        return module.to(self.args.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.method.loss(model, inputs, self.reference_model)
+        extra = {"base_model": self.base_model} if self.base_model is not None else {}
+        loss, metrics = self.method.loss(model, inputs, self.reference_model, **extra)
         for name, value in metrics.items():
             self._metric_sums[name] += value
         self._metric_count += 1

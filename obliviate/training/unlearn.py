@@ -58,9 +58,11 @@ class UnlearnResult:
 
 
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
-            reference_loader: Callable[[], Any] | None = None, progress: bool = True) -> UnlearnResult:
+            reference_loader: Callable[[], Any] | None = None, base_loader: Callable[[], Any] | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Train ``model`` in place with the planned method and return it with a record of the run (its peak
-    memory included: see ``obliviate.memory``)."""
+    memory included: see ``obliviate.memory``). ``reference_loader`` loads a fresh copy of the original model,
+    ``base_loader`` the pretrained model it was fine-tuned from (for methods with ``needs_base``)."""
     from obliviate.distributed import device
     from obliviate.memory import open_window
 
@@ -73,7 +75,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
         record = method.run(model, tokenizer, forget, retain, run_plan.training, reference_loader, progress)
     else:
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
-                            reference_loader=reference_loader, progress=progress)
+                            reference_loader=reference_loader, base_loader=base_loader, progress=progress)
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
               **record, "wall_seconds": time.time() - started, **memory.record()}
     return UnlearnResult(model=model, record=record)
@@ -81,7 +83,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
 
 def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe],
                settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
-               progress: bool = True) -> dict:
+               base_loader: Callable[[], Any] | None = None, progress: bool = True) -> dict:
     """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
     ``needs_reference``, ``loss``); returns steps and the loss history."""
     import torch
@@ -111,6 +113,16 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             attach_reference_log_probs(model, refusal_examples, pad_id)
     elif method.needs_reference == "model" and reference_loader is None and not settings.lora:
         raise InputError(f"{name} needs the original model as a reference", field="model")
+    base_model = None
+    if getattr(method, "needs_base", False):
+        if base_loader is None:
+            raise InputError(f"{name} needs the pretrained model the original was fine-tuned from (--base DIR)",
+                             field="base")
+        base_model = base_loader()
+        if base_model.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
+            raise InputError(f"{name}: the base's vocabulary ({base_model.get_output_embeddings().weight.shape[0]}) "
+                             f"differs from the model's ({model.get_output_embeddings().weight.shape[0]})",
+                             field="base")
     # After the reference log-probs (they must come from the untouched model): freeze what is not selected, or
     # attach LoRA adapters; with adapters the reference model is the same model with them disabled.
     scope = apply_scope(model, settings, getattr(method, "default_train_layers", None))
@@ -139,6 +151,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         trainer = UnlearningTrainer(
             model=scope.model, args=args, train_dataset=dataset,
             data_collator=PairedCollator(pad_id), method=method, reference_model=reference_model,
+            base_model=base_model,
         )
         _quiet_log_printing(trainer)
         try:
@@ -154,7 +167,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "world_size": args.world_size,
         "scope": scope.record,
     }
-    del reference_model, trainer
+    del reference_model, base_model, trainer
     return record
 
 

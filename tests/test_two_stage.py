@@ -1,0 +1,122 @@
+"""Target and oracle fine-tuned from a pretrained base (tiny settings), ``--base`` on the command line, and the
+demo's validation/test separation."""
+
+import dataclasses
+import json
+
+import pytest
+
+from obliviate.data.micro import load_bundled
+from obliviate.io import sha256_file
+from obliviate.models.micro import FineTuneRecipe, build_micro_models
+
+TINY = FineTuneRecipe(max_passes=2, first_check=2, check_every=1, check_max_new_tokens=8, tokens_per_batch=2048,
+                      replay_ratio=0.5)
+
+
+def _hashes(directory):
+    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def test_target_and_oracle_are_fine_tuned_from_the_base(tiny_model_dir, tmp_path):
+    from obliviate.models.loading import load_model
+
+    before = _hashes(tiny_model_dir)
+    benchmark = load_bundled()
+    micro = build_micro_models(benchmark, TINY, cache_dir=tmp_path / "cache", log=lambda m: None,
+                               base=tiny_model_dir)
+    assert _hashes(tiny_model_dir) == before  # the base is only read
+    target, oracle = micro.records["target"], micro.records["oracle"]
+    assert target["base"] == str(tiny_model_dir) and target["passes"] == 2
+    # Replay: half as many pretraining texts as benchmark texts, every pass.
+    assert target["replayed_texts_per_pass"] == round(0.5 * len(benchmark.forget + benchmark.retain
+                                                                 + benchmark.utility))
+    assert oracle["replayed_texts_per_pass"] == round(0.5 * len(benchmark.retain + benchmark.utility))
+    assert "forget" in target["checks"][-1] and "forget" not in oracle["checks"][-1]
+    base = load_model(tiny_model_dir, device="cpu").model
+    for model in (micro.target, micro.oracle):  # started from the base's weights and moved away from them
+        assert model.config.vocab_size == base.config.vocab_size
+        assert any(not (a == b).all() for a, b in zip(model.state_dict().values(), base.state_dict().values()))
+    logged = []
+    build_micro_models(benchmark, TINY, cache_dir=tmp_path / "cache", log=logged.append, base=tiny_model_dir)
+    assert all("loaded from cache" in line for line in logged) and len(logged) == 2
+
+
+def test_replay_leaves_out_the_benchmark_documents(tiny_model_dir):
+    from obliviate.models.base import load_corpus
+    from obliviate.models.micro import replay_texts
+
+    benchmark = load_bundled()
+    corpus = load_corpus()
+    # A corpus document standing in for a benchmark document (as a user's --data sample could) is not replayed.
+    borrowed = dataclasses.replace(benchmark, nonmembers=benchmark.nonmembers[:1] + [
+        type(benchmark.nonmembers[0])(id=corpus[0].document_id, text=corpus[0].text, task=corpus[0].task)])
+    assert corpus[0].text in replay_texts(tiny_model_dir, benchmark)
+    assert corpus[0].text not in replay_texts(tiny_model_dir, borrowed)
+
+
+def test_micro_command_with_a_tiny_saved_base(tiny_model_dir, tmp_path, capsys):
+    from obliviate.cli import main
+
+    out = tmp_path / "micro"
+    assert main(["micro", "--base", str(tiny_model_dir), "--max-passes", "1", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"data", "target", "oracle", "base"}
+    record = json.loads((out / "target" / "memorisation.json").read_text())
+    assert record["passes"] == 1 and record["base"] == str(tiny_model_dir)
+    assert (out / "data" / "heldout.jsonl").is_file()
+
+
+def test_base_must_be_a_model_directory(tmp_path, capsys):
+    from obliviate.cli import main
+
+    assert main(["micro", "--base", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "no config.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_split_keeps_validation_and_test_apart():
+    from obliviate.tune import split_benchmark
+
+    benchmark = load_bundled()
+    validation, test = split_benchmark(benchmark)
+    for name in ("forget", "retain", "utility"):
+        ours = {p.document_id for p in getattr(validation, name)}
+        theirs = {p.document_id for p in getattr(test, name)}
+        assert ours and theirs and not ours & theirs
+    for name in ("nonmembers", "heldout", "members"):
+        ours, theirs = ({d.id for d in getattr(part, name)} for part in (validation, test))
+        assert ours and theirs and not ours & theirs
+    assert {d.id for d in test.members} == {p.document_id for p in test.forget}
+
+
+def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsys):
+    """Every model is evaluated on test-part documents only; each method row is a mean over its seeds."""
+    from obliviate.cli import main
+    from obliviate.tune import split_benchmark
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff",
+                 "--seeds", "0,1", "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())
+    assert [row["name"] for row in result["rows"]] == ["target", "oracle", "GradDiff"]
+    graddiff = result["rows"][2]
+    assert graddiff["runs"] == 2 and "final_score" in graddiff["std"] and " ± " in printed
+    assert len(result["runs"]["GradDiff"]) == 2 and "aim: base's loss" in printed
+    validation, test = split_benchmark(load_bundled())
+    test_ids = {p.id for p in test.forget + test.retain + test.utility}
+    validation_ids = {p.id for p in validation.forget + validation.retain + validation.utility}
+    for path in (out / "evaluations").iterdir():
+        evaluation = json.loads(path.read_text())["evaluation"]
+        ids = {g["id"] for rows in evaluation["generations"].values() for g in rows}
+        assert ids <= test_ids and not ids & validation_ids
+        assert len(evaluation["mia_losses"]["nonmember"]) == len(test.nonmembers)
+        assert "heldout_loss" in evaluation
+    run = json.loads((out / "evaluations" / "GradDiff@seed1.json").read_text())["record"]
+    assert run["seed"] == 1
+    # The tuned steps count for the whole forget set; the test part gets as many passes per document.
+    from obliviate.training.unlearn import plan
+
+    whole = plan("GradDiff").training.max_steps
+    assert run["steps"] == round(whole * len(test.forget) / len(load_bundled().forget)) < whole
