@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_base_option(demo)
     demo.add_argument("--seeds", default="0,1,2", type=_int_list,
                       help="unlearning seeds per method; the table gives mean ± std over them (default 0,1,2)")
+    demo.add_argument("--mmlu", metavar="DIR",
+                      help="MMLU in its original layout (dev/, test/ CSVs): adds MMLU accuracy beside the utility "
+                           "set (chance 0.25), gating only when the target is above chance")
+    demo.add_argument("--mmlu-limit", type=int, default=None, help="at most this many MMLU test questions per "
+                                                                   "subject (default: all)")
     demo.add_argument("--target-seeds", default="0", type=_int_list,
                       help="independently fine-tuned targets (and oracles), one per seed; every method runs on "
                            "each (default 0)")
@@ -129,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="in-domain documents no model saw (fields id, document; e.g. `obliviate micro`'s "
                                "OUT/data/heldout.jsonl, or 'bundled'): adds heldout_loss, nats per token")
     evaluate.add_argument("--mmlu", metavar="DIR",
-                          help="MMLU in its original layout (dev/, test/ per-subject CSVs): utility = MMLU "
-                               "accuracy, scored by the probability of each answer letter")
+                          help="MMLU in its original layout (dev/, test/ per-subject CSVs): MMLU accuracy, scored "
+                               "by the probability of each answer letter; it is the utility without --utility, "
+                               "and reported beside it (mmlu_average) with it")
     evaluate.add_argument("--mmlu-shots", type=int, default=5, help="few-shot examples from dev (default 5)")
     evaluate.add_argument("--mmlu-limit", type=int, default=None,
                           help="at most this many test questions per subject (sampled with seed 42); "
@@ -405,8 +411,6 @@ def cmd_evaluate(args) -> int:
     check_model_dir(args.model)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise InputError("--max-new-tokens and --batch-size must be >= 1", field="max-new-tokens")
-    if args.utility and args.mmlu:
-        raise InputError("give either --utility or --mmlu, not both", field="utility")
     probes = load_probe_dir(_data_dir(args.data), ("forget", "retain"))
     data = EvaluationData(forget=probes["forget"], retain=probes["retain"])
     if args.mia:
@@ -587,7 +591,7 @@ def cmd_demo(args) -> int:
              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, overwrite=args.overwrite,
              command=_command_line(), log=lambda message: print(message, file=sys.stderr, flush=True),
              base=_base_value(args.base), seeds=args.seeds, target_seeds=args.target_seeds,
-             max_passes=_max_passes(args))
+             max_passes=_max_passes(args), mmlu=args.mmlu, mmlu_limit=args.mmlu_limit)
     return 0
 
 

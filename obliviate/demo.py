@@ -35,7 +35,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
              max_new_tokens: int = 256, batch_size: int = 32, overwrite: bool = False,
              command: str = "obliviate demo", log: Callable[[str], None] = print, base: str | None = "bundled",
              seeds: Sequence[int] = DEFAULT_SEEDS, target_seeds: Sequence[int] = (0,),
-             max_passes: int | None = None) -> list[dict]:
+             max_passes: int | None = None, mmlu: str | Path | None = None,
+             mmlu_limit: int | None = None) -> list[dict]:
     """Run the demo; returns one summary row per model (target, oracle, methods), means over runs."""
     import dataclasses
 
@@ -51,6 +52,10 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     if out is not None:
         check_output_dir(out, overwrite)
     plans = {name: plan(name) for name in methods}  # validate every method before any training
+    if mmlu:
+        from obliviate.data.mmlu import subjects
+
+        subjects(mmlu)  # validates the layout before any training
     base_dir = resolve_base(base)
     needs_base = [name for name in plans if base_dir is None and _needs_base(name)]
     if needs_base:
@@ -64,7 +69,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         f"{len(benchmark.heldout)} held-out documents); reported on the test part: {len(test.forget)} forget, "
         f"{len(test.retain)} retain, {len(test.utility)} utility probes, {len(test.nonmembers)} non-members")
     eval_data = EvaluationData(forget=test.forget, retain=test.retain, members=test.members,
-                               nonmembers=test.nonmembers, utility=test.utility, heldout=test.heldout or None)
+                               nonmembers=test.nonmembers, utility=test.utility, heldout=test.heldout or None,
+                               mmlu_dir=Path(mmlu) if mmlu else None, mmlu_limit=mmlu_limit)
     steps_scale = len(test.forget) / len(benchmark.forget)  # defaults count steps on the whole forget set
 
     def audit(name: str, model, tokenizer) -> dict:
@@ -90,9 +96,10 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         suffix = f"@target{target_seed}" if len(target_seeds) > 1 else ""
         target_eval = audit(f"target{suffix}", micro.target, micro.tokenizer)
         original_utility, original_heldout = target_eval["utility"], target_eval.get("heldout_loss")
+        gate = {"original_heldout_loss": original_heldout, "original_mmlu": target_eval.get("mmlu_average")}
         oracle_eval = audit(f"oracle{suffix}", micro.oracle, micro.tokenizer)
         for name, results in (("target", target_eval), ("oracle", oracle_eval)):
-            apply_gate(results, original_utility, original_heldout_loss=original_heldout)
+            apply_gate(results, original_utility, **gate)
             runs[name].append(summary_row(name, results, micro.records[name]["train_seconds"]))
             evaluations[f"{name}{suffix}"] = {"evaluation": results, "record": micro.records[name]}
         for name, run_plan in plans.items():
@@ -106,7 +113,7 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                                  reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
                                  base_loader=(lambda: load_model(base_dir, device=None).model) if base_dir else None)
                 results = audit(label, result.model, micro.tokenizer)
-                apply_gate(results, original_utility, original_heldout_loss=original_heldout)
+                apply_gate(results, original_utility, **gate)
                 runs.setdefault(name, []).append(summary_row(name, results, result.record["wall_seconds"],
                                                              result.record["peak_memory_added_bytes"]))
                 evaluations[label] = {"evaluation": results, "record": result.record}

@@ -39,7 +39,7 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
     started = time.time()
     label = f"{desc}: " if desc else ""
     sets = {"forget": data.forget, "retain": data.retain}
-    if data.utility and data.mmlu_dir is None:
+    if data.utility:
         sets["utility"] = data.utility
     probes = [p for name in sets for p in sets[name]]
     # Under ``accelerate launch`` each process handles a shard of the probes and documents; results are gathered.
@@ -64,13 +64,18 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
 
     utility = utility_details = None
     results_extra = {}
+    # With a utility set, utility is its score and MMLU (if asked for) is reported beside it; without one,
+    # utility is MMLU accuracy, as SemEval-2025 Task 4 measured it.
     if data.mmlu_dir is not None:
         mmlu = mmlu_accuracy(model, tokenizer, data.mmlu_dir, shots=data.mmlu_shots,
                              limit_per_subject=data.mmlu_limit, subjects=data.mmlu_subjects,
                              batch_size=batch_size)
-        utility, utility_details = mmlu["average_acc"], {"kind": "mmlu", **mmlu}
-        results_extra["mmlu_average"] = utility
-    elif "utility" in generations:
+        results_extra.update(mmlu_average=mmlu["average_acc"], mmlu_chance=0.25)
+        if "utility" not in generations:
+            utility, utility_details = mmlu["average_acc"], {"kind": "mmlu", **mmlu}
+        else:
+            results_extra["mmlu_details"] = mmlu
+    if "utility" in generations:
         utility_split = score_split(generations["utility"])
         utility = utility_set_score(utility_split)
         utility_details = {"kind": "utility-set", "utility-set": utility_split}
@@ -107,7 +112,7 @@ def token_weighted_loss(tokenizer, texts: Sequence[str], per_document: Sequence[
 
 
 def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_RATIO,
-               original_heldout_loss: float | None = None) -> bool:
+               original_heldout_loss: float | None = None, original_mmlu: float | None = None) -> bool:
     """Mark ``results`` collapsed when utility fell below ``ratio`` x the original model's, or (when both have
     a held-out loss) when held-out perplexity rose above 1 / ``ratio`` x the original's (the same 75% rule on
     1 / perplexity: a rise of ln(4/3) = 0.288 nats per token); returns it."""
@@ -121,6 +126,13 @@ def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_R
         gate.update({"original-heldout-loss": original_heldout_loss, "heldout-loss-limit": limit})
         if not results["heldout_loss"] <= limit:  # NaN counts as collapsed
             reasons.append(f"held-out loss {results['heldout_loss']:.3f} > {limit:.3f}")
+    # MMLU beside a utility set gates too, but only for an original that is above chance on it: a model at
+    # chance has no MMLU ability to lose, and its accuracy moves by noise alone.
+    if original_mmlu is not None and results.get("mmlu_average") is not None and "mmlu_details" in results:
+        chance = results.get("mmlu_chance", 0.25)
+        gate.update({"original-mmlu": original_mmlu, "mmlu-chance": chance})
+        if original_mmlu > chance and results["mmlu_average"] < ratio * original_mmlu:
+            reasons.append(f"MMLU {results['mmlu_average']:.3f} < {ratio * original_mmlu:.3f}")
     results["collapse-gate"] = {**gate, "collapsed": bool(reasons), "reasons": reasons}
     return bool(reasons)
 
@@ -140,6 +152,7 @@ def summary_row(name: str, results: dict, seconds: float | None = None, memory_b
         "mia_score": results.get("mia_final_score"),
         "utility": results.get("utility"),
         "heldout_loss": results.get("heldout_loss"),
+        "mmlu": results.get("mmlu_average") if "mmlu_details" in results else None,
         "final_score": results.get("aggregate-score"),
         "collapsed": results.get("collapse-gate", {}).get("collapsed"),
         "wall_seconds": seconds,

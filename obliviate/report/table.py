@@ -7,11 +7,12 @@ from typing import Sequence
 SPLIT_SHORT = {"forget": "F", "retain": "R"}
 KIND_SHORT = {"regurgitation": "reg", "knowledge": "kno"}
 SUMMARY_COLUMNS = (("task_aggregate", "task agg"), ("mia_auc", "MIA AUC"), ("mia_score", "MIA score"),
-                   ("utility", "utility"), ("heldout_loss", "held-out loss"), ("final_score", "final"), ("collapsed", "collapsed"),
+                   ("utility", "utility"), ("heldout_loss", "held-out loss"), ("mmlu", "MMLU"), ("final_score", "final"), ("collapsed", "collapsed"),
                    ("wall_seconds", "time (s)"), ("peak_memory_mib", "memory (MiB)"))
 
 
 ROUNDED = ("wall_seconds", "peak_memory_mib")  # shown as whole numbers
+OPTIONAL = ("heldout_loss", "mmlu")  # shown only when some row has them
 
 
 def _short(key: str) -> str:
@@ -41,13 +42,16 @@ def _spread_cell(row: dict, key: str) -> str:
     return text
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] = SUMMARY_COLUMNS,
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | None = None,
                    per_task: bool = True) -> str:
     """Columns: the 12 per-task scores (F = forget, R = retain; reg = regurgitation, kno = knowledge), then the
     summary figures. Time is training (target, oracle) or unlearning (methods) wall time; memory is the peak
     memory an unlearning run added (``obliviate.memory``; blank for target and oracle). A row with several
     runs (seeds) shows their mean ± standard deviation; ``collapsed`` then counts the collapsed runs."""
     probe_keys = [key for key in rows[0] if key.count("/") == 2] if per_task else []
+    if columns is None:  # the summary columns, less those no row has a value for (MMLU without --mmlu)
+        columns = [(key, label) for key, label in SUMMARY_COLUMNS
+                   if key not in OPTIONAL or any(row.get(key) is not None for row in rows)]
     headers = ["model"] + [_short(k) for k in probe_keys] + [label for _, label in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
