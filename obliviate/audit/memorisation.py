@@ -1,11 +1,14 @@
 """Memorisation of forget text, from one teacher-forced pass per document.
 
 * Exact memorisation (Tirumala et al., 2022): the fraction of a document's continuation tokens that are the
-  model's argmax given the true prefix. Ideal after unlearning: the oracle's value; 1.0 = verbatim memory.
+  model's argmax given the true prefix. 1.0 = verbatim memory.
 * Extraction strength (Carlini et al., 2021, as used by Ye et al., 2024): ``1 - k / n`` where k is the shortest
   prefix from which greedy decoding reproduces the rest of the n-token document. Greedy decoding from prefix k
   reproduces the rest exactly when every later token is the argmax given its true prefix, so k is one past the
   last position where the argmax is wrong, and a single teacher-forced pass gives it.
+
+On forget text the ideal after unlearning is the oracle's value of each, not 0: natural text is partly
+predictable, so a model that never saw a document still gets some of its tokens right.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+
+# Whose definition each measure follows, for the audit report.
+CONVENTIONS = {"exact_memorisation": "exact memorisation (Tirumala et al. 2022)",
+               "extraction_strength": "extraction strength (Carlini et al. 2021; Ye et al. 2024)"}
 
 
 def argmax_hits(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[bool]]:

@@ -5,14 +5,21 @@ functions of them (:func:`attack_scores`), testable on hand-made numbers:
 
 * LOSS (Yeom et al., 2018): ``-mean NLL``.
 * zlib (Carlini et al., 2021): ``-mean NLL / zlib-compressed length in bytes`` of the text.
-* Min-K% (Shi et al., 2024): mean of the k% lowest token log-probabilities.
+* Min-K% (Shi et al., 2024): mean of the k% lowest token log-probabilities (``ceil(k% of n)`` of them).
 * Min-K%++ (Zhang et al., 2024): the same over ``(log p(x_t) - mu_t) / sigma_t``, where mu_t and sigma_t are the
   mean and standard deviation of log p(z) with z drawn from the model's own next-token distribution.
-* Reference (Carlini et al., 2022; Mireshghallah et al., 2022): ``-(NLL_model - NLL_reference)``.
-* GradNorm (Wang et al., 2024): ``-||grad of the document's loss||``, one backward pass per document.
+* Reference (Carlini et al., 2022; Mireshghallah et al., 2022): ``NLL_reference - NLL_model``
+  (:func:`loss_drop`), where the reference is a model that never saw the documents under test: the oracle.
+  The same difference against the *original* model is no membership attack: it measures what unlearning changed,
+  and the audit reports it apart, as ``loss_drop_since_original``.
+* GradNorm (Wang et al., 2024, "Pandora's White-Box"): ``-||grad of the document's mean NLL||``, the L2 norm
+  of the whole parameter gradient as one vector (:func:`global_l2_norm`), one backward pass per document. This
+  is the reference code's ``theta_grad_2`` (safr-ai-lab/pandora-llm); OpenUnlearning instead averages the
+  per-tensor norms, a different statistic.
 
-Each attack is summarised by ROC AUC and the TPR at 1% and 5% FPR (scikit-learn). For an unlearned model the
-ideal AUC of forget documents against non-members is 0.5 (indistinguishable); 1.0 means they are still exposed.
+Each attack is summarised by ROC AUC and the TPR at 1% and 5% FPR (scikit-learn), the documents under test
+labelled positive. For an unlearned model the ideal AUC of forget documents against non-members is 0.5
+(indistinguishable); 1.0 means they are still exposed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,16 @@ from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.progress import progress_bar
 
 MIN_K_FRACTIONS = (0.2, 0.4)
+# Whose definition each score follows, for the audit report.
+CONVENTIONS = {
+    "loss": "LOSS (Yeom et al. 2018)",
+    "zlib": "zlib ratio (Carlini et al. 2021)",
+    "min_k": "Min-K% (Shi et al. 2024), ceil(k% of tokens)",
+    "min_k_plus_plus": "Min-K%++ (Zhang et al. 2024)",
+    "reference": "reference attack (Carlini et al. 2022), reference model: the oracle",
+    "gradnorm": "GradNorm, Pandora (Wang et al. 2024) reference code: global L2 norm",
+    "loss_drop_since_original": "obliviate: not an MIA, loss drop since the original; ideal: the oracle's",
+}
 
 
 @dataclass
@@ -73,9 +90,19 @@ def zlib_length(text: str) -> int:
     return len(zlib.compress(text.encode("utf-8")))
 
 
-def attack_scores(stats: TokenStatistics, text: str, reference_loss: float | None = None) -> dict[str, float]:
+def mean_nll(stats: TokenStatistics) -> float:
+    return -sum(stats.log_probs) / max(len(stats.log_probs), 1)
+
+
+def loss_drop(model_loss: float, reference_loss: float) -> float:
+    """``NLL_reference - NLL_model``: how much lower the document's loss is under the model than under the
+    reference (higher = more likely a member, when the reference never saw the document)."""
+    return reference_loss - model_loss
+
+
+def attack_scores(stats: TokenStatistics, text: str) -> dict[str, float]:
     """Every score-only attack for one document; higher = more likely a member."""
-    loss = -sum(stats.log_probs) / max(len(stats.log_probs), 1)
+    loss = mean_nll(stats)
     scores = {"loss": -loss, "zlib": -loss / zlib_length(text)}
     normalised = [(lp - mu) / sd if sd > 0 else 0.0
                   for lp, mu, sd in zip(stats.log_probs, stats.mean_log_probs, stats.std_log_probs)]
@@ -83,13 +110,18 @@ def attack_scores(stats: TokenStatistics, text: str, reference_loss: float | Non
         percent = round(fraction * 100)
         scores[f"min_k_{percent}"] = min_k_mean(stats.log_probs, fraction)
         scores[f"min_k_plus_plus_{percent}"] = min_k_mean(normalised, fraction)
-    if reference_loss is not None:
-        scores["reference"] = -(loss - reference_loss)
     return scores
 
 
+def global_l2_norm(tensors) -> float:
+    """The L2 norm of all ``tensors`` concatenated into one vector: ``sqrt(sum of every entry squared)``, equal
+    to the L2 norm of the per-tensor L2 norms (``None`` entries, unused parameters, count as zero)."""
+    return math.sqrt(sum(float(t.float().square().sum()) for t in tensors if t is not None))
+
+
 def gradient_norms(model, tokenizer, texts: Sequence[str], desc: str | None = "gradient norms") -> list[float]:
-    """||d loss / d parameters|| of each document (one backward pass each); parameters are left unchanged."""
+    """Per document, the global L2 norm of d(mean NLL)/d(parameters) (one backward pass each; parameters and
+    their ``.grad`` are left unchanged)."""
     import torch
 
     device = next(model.parameters()).device
@@ -102,7 +134,7 @@ def gradient_norms(model, tokenizer, texts: Sequence[str], desc: str | None = "g
             ids = torch.tensor([tokenizer(text).input_ids], device=device)
             loss = model(input_ids=ids, labels=ids).loss
             grads = torch.autograd.grad(loss, parameters, allow_unused=True)
-            norms.append(math.sqrt(sum(float(g.float().square().sum()) for g in grads if g is not None)))
+            norms.append(global_l2_norm(grads))
             bar.update(1)
     model.train(was_training)
     return norms

@@ -1,12 +1,22 @@
 """MUSE six-way evaluation (Shi et al., 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models").
 
+Conventions follow MUSE's reference code (swj0419/muse_bench), except where noted:
+
 * VerbMem: ROUGE-L F1 between the model's greedy continuation of a forget document's first ``prefix_tokens``
-  tokens and the document's true next ``continuation_tokens`` tokens. Lower is better (oracle's value ideal).
+  tokens and the document's true next ``continuation_tokens`` tokens. The ideal after unlearning is the oracle's
+  value, not 0: natural text is partly predictable, so a model that never saw the document still continues
+  part of it.
 * KnowMem: ROUGE-L F1 of generated short answers against the expected ones, on forget questions (lower is
-  better) and retain questions (higher is better).
-* PrivLeak: ``(AUC_model - AUC_oracle) / AUC_oracle x 100`` for the Min-K% (k = 40%) attack separating forget
-  documents from non-members (holdout). 0 is ideal; large positive = under-unlearning, negative = over-unlearning.
-* Utility preservation: retain KnowMem relative to the original model's.
+  better) and retain questions (higher is better). Unlike MUSE, the questions are asked without in-context
+  examples.
+* PrivLeak: the relative change of the Min-K% (k = 40%) attack's ROC AUC, forget documents against holdout
+  (non-member) documents, from the oracle's. MUSE's code labels the *holdout* as the positive class, so its AUC
+  is ``1 - AUC`` of the audit's (which labels members positive), and
+  ``PrivLeak = ((1 - AUC_model) - (1 - AUC_oracle)) / (1 - AUC_oracle) x 100``. 0 is ideal; negative = leakage
+  (under-unlearning: -100 when the forget documents are all ranked above the holdout), positive =
+  over-unlearning (the forget documents look *less* like members than the holdout does). Min-K% averages the
+  ``ceil(40% of n)`` lowest token log-probabilities; MUSE's code takes ``floor`` (a token's difference at most).
+* Utility preservation (obliviate's own): retain KnowMem relative to the original model's.
 * Scalability and sustainability are curves over forget sets of growing size and over sequential requests:
   ``obliviate muse-curves`` produces them.
 """
@@ -17,6 +27,8 @@ from functools import lru_cache
 from typing import Sequence
 
 from obliviate.data.records import Document
+
+MUSE_CODE = "MUSE (Shi et al. 2024) reference code"
 
 
 @lru_cache(maxsize=1)
@@ -57,8 +69,16 @@ def knowmem(expected: Sequence[str], generated: Sequence[str]) -> float:
     return mean([rouge_l_f1(e, g) for e, g in zip(expected, generated)])
 
 
-def privleak(model_auc: float, oracle_auc: float) -> float:
-    return (model_auc - oracle_auc) / oracle_auc * 100
+def privleak(model_auc: float, oracle_auc: float) -> float | None:
+    """MUSE's PrivLeak from two ROC AUCs that label the forget documents positive (the audit's convention).
+
+    MUSE's code labels the holdout positive, i.e. uses ``1 - AUC``; the result is in its sign convention:
+    negative = leakage. None when the oracle's holdout-positive AUC is 0 (the ratio is undefined).
+    """
+    model_holdout_auc, oracle_holdout_auc = 1 - model_auc, 1 - oracle_auc
+    if oracle_holdout_auc == 0:
+        return None
+    return (model_holdout_auc - oracle_holdout_auc) / oracle_holdout_auc * 100
 
 
 def mean(values: Sequence[float]) -> float:

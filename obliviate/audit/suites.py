@@ -1,7 +1,10 @@
 """``obliviate audit``: evidence of forgetting from several independent angles, for one model.
 
 Suites: ``mia``, ``muse``, ``tofu``, ``distance``, ``memorisation``, ``attacks``. Every metric is reported as
-``{"value", "better", "ideal"}``: ``better`` is ``"higher"``, ``"lower"`` or ``"closer"`` (closer to ``ideal``).
+``{"value", "better", "ideal", "ideal_from", "convention"}``: ``better`` is ``"higher"``, ``"lower"`` or
+``"closer"`` (closer to ``ideal``); ``ideal_from`` is ``"oracle"`` when the ideal is the oracle's value of the same
+metric (a model that never saw the forget set still predicts part of it) and None for a fixed ideal;
+``convention`` says whose definition the number follows (a paper's reference code, or obliviate's own).
 Suites that compare with the oracle (the model never trained on the forget set) or with the original model
 refuse to run without them, naming the option to give: there is no silent default.
 
@@ -21,12 +24,14 @@ from obliviate.distributed import shard_map
 from obliviate.errors import InputError
 
 SUITES = ("mia", "muse", "tofu", "distance", "memorisation", "attacks")
-MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm")
-NEEDS = {"muse": ("oracle", "reference"), "tofu": ("oracle",), "distance": ("oracle",)}
+# ``loss_drop_since_original`` is no membership attack (the original saw the forget set); it rides with them
+# because it is the same score, against the original model instead of the oracle.
+MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm", "loss_drop_since_original")
+NEEDS = {"muse": ("oracle", "reference"), "tofu": ("oracle",), "distance": ("oracle",), "memorisation": ("oracle",)}
 
 
-def metric(value: float, better: str, ideal=None) -> dict:
-    return {"value": value, "better": better, "ideal": ideal}
+def metric(value: float | None, better: str, ideal=None, *, convention: str, ideal_from: str | None = None) -> dict:
+    return {"value": value, "better": better, "ideal": ideal, "ideal_from": ideal_from, "convention": convention}
 
 
 @dataclass
@@ -70,9 +75,16 @@ def check_request(settings: AuditSettings, have_oracle: bool, have_reference: bo
                 what = ("the oracle (a model trained without the forget set)" if need == "oracle"
                         else "the original model before unlearning")
                 raise InputError(f"suite {suite!r} compares with {what}: give --{need} DIR", field=need)
-    if "mia" in settings.suites and "reference" in settings.mia_attacks and not have_reference:
-        raise InputError("the reference MIA attack needs --reference DIR (the original model or the oracle); "
-                         "or leave it out with --mia-attacks", field="reference")
+    if "mia" not in settings.suites:
+        return
+    if "reference" in settings.mia_attacks and not have_oracle:
+        raise InputError("the reference MIA attack needs a reference model that never saw the forget set: give "
+                         "--oracle DIR; or leave it out with --mia-attacks", field="oracle")
+    if "loss_drop_since_original" in settings.mia_attacks and not (have_reference and have_oracle):
+        need = "reference" if not have_reference else "oracle"
+        raise InputError("loss_drop_since_original compares with the original model (--reference DIR) and takes "
+                         f"its ideal from the oracle (--oracle DIR): give --{need} DIR; or leave it out with "
+                         "--mia-attacks", field=need)
 
 
 def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, oracle=None, reference=None,
@@ -108,57 +120,84 @@ def _knowledge(probes: Sequence[Probe]) -> list[Probe]:
 # --- suites -------------------------------------------------------------------------------------------------
 
 def attack_family(score_name: str) -> str:
-    """``min_k_plus_plus_20`` -> ``min_k_plus_plus``; ``min_k_40`` -> ``min_k``; others are their own family."""
+    """``min_k_plus_plus_20`` -> ``min_k_plus_plus``; ``min_k_40`` -> ``min_k``; ``reference_oracle`` ->
+    ``reference``; others are their own family."""
     for family in ("min_k_plus_plus", "min_k"):
         if score_name.startswith(family + "_") and score_name[len(family) + 1:].isdigit():
             return family
-    return score_name
+    return "reference" if score_name == "reference_oracle" else score_name
+
+
+def _mean_losses(which_model, tokenizer, groups: dict[str, list[Document]], settings) -> dict[str, list[float]]:
+    from obliviate.audit.mia import mean_nll
+
+    return {name: [mean_nll(s) for s in _token_statistics(which_model, tokenizer, docs, settings)]
+            for name, docs in groups.items()}
 
 
 def mia_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
-    from obliviate.audit.mia import attack_scores, gradient_norms, roc_summary
+    from obliviate.audit.mia import CONVENTIONS, attack_scores, gradient_norms, loss_drop, mean_nll, roc_summary
 
+    attacks = settings.mia_attacks
     groups = {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
     stats = {name: _token_statistics(model, tokenizer, docs, settings) for name, docs in groups.items()}
-    reference_losses = {}
-    if "reference" in settings.mia_attacks:
-        for name, docs in groups.items():
-            reference_stats = _token_statistics(reference, tokenizer, docs, settings)
-            reference_losses[name] = [-statistics.mean(s.log_probs) for s in reference_stats]
-    scores = {name: [attack_scores(s, d.text, reference_losses.get(name, [None] * len(docs))[i])
-                     for i, (s, d) in enumerate(zip(stats[name], docs))] for name, docs in groups.items()}
-    if "gradnorm" in settings.mia_attacks:
+    scores = {name: [attack_scores(s, d.text) for s, d in zip(stats[name], docs)] for name, docs in groups.items()}
+    losses = {name: [mean_nll(s) for s in stats[name]] for name in groups}
+    oracle_scores: dict[str, dict[str, list[float]]] = {}  # the oracle's own scores, where it gives the ideal
+    if "reference" in attacks or "loss_drop_since_original" in attacks:
+        oracle_losses = _mean_losses(oracle, tokenizer, groups, settings)
+    if "reference" in attacks:
+        for name in groups:
+            for row, own, ref in zip(scores[name], losses[name], oracle_losses[name]):
+                row["reference_oracle"] = loss_drop(own, ref)
+    if "loss_drop_since_original" in attacks:
+        original_losses = _mean_losses(reference, tokenizer, groups, settings)
+        for name in groups:
+            for row, own, original in zip(scores[name], losses[name], original_losses[name]):
+                row["loss_drop_since_original"] = loss_drop(own, original)
+        oracle_scores["loss_drop_since_original"] = {
+            name: [loss_drop(own, original) for own, original in zip(oracle_losses[name], original_losses[name])]
+            for name in groups}
+    if "gradnorm" in attacks:
         for name, docs in groups.items():
             norms = shard_map(lambda chunk: gradient_norms(model, tokenizer, [d.text for d in chunk], desc=None),
                               docs)
             for row, norm in zip(scores[name], norms):
                 row["gradnorm"] = -norm
-    wanted = [key for key in scores["forget"][0] if attack_family(key) in settings.mia_attacks]
+    wanted = [key for key in scores["forget"][0] if attack_family(key) in attacks]
     result = {}
     for members in ("forget", "retain"):
         block = {}
         for key in wanted:
+            if key == "reference_oracle" and members == "retain":
+                continue  # the oracle trained on the retain set: it is no membership reference for it
+            convention = CONVENTIONS[attack_family(key)]
             summary = roc_summary([row[key] for row in scores[members]], [row[key] for row in scores["nonmember"]])
-            block[key] = {
-                "auc": metric(summary["auc"], "closer" if members == "forget" else "higher",
-                              0.5 if members == "forget" else None),
-                "tpr@1%fpr": metric(summary["tpr@1%fpr"], "lower" if members == "forget" else "higher",
-                                    0.01 if members == "forget" else None),
-                "tpr@5%fpr": metric(summary["tpr@5%fpr"], "lower" if members == "forget" else "higher",
-                                    0.05 if members == "forget" else None),
-            }
+            if key in oracle_scores:
+                ideal = roc_summary(oracle_scores[key][members], oracle_scores[key]["nonmember"])
+                block[key] = {stat: metric(summary[stat], "closer", ideal[stat], convention=convention,
+                                           ideal_from="oracle") for stat in summary}
+            elif members == "forget":
+                block[key] = {"auc": metric(summary["auc"], "closer", 0.5, convention=convention),
+                              "tpr@1%fpr": metric(summary["tpr@1%fpr"], "lower", 0.01, convention=convention),
+                              "tpr@5%fpr": metric(summary["tpr@5%fpr"], "lower", 0.05, convention=convention)}
+            else:
+                block[key] = {stat: metric(summary[stat], "higher", None, convention=convention)
+                              for stat in summary}
         result[f"{members}_vs_nonmember"] = block
     return result
 
 
 def muse_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
     from obliviate.audit.mia import min_k_mean, roc_summary
-    from obliviate.audit.muse import knowmem, privleak, verbatim_prompts, rouge_l_f1
+    from obliviate.audit.muse import MUSE_CODE, knowmem, privleak, rouge_l_f1, verbatim_prompts
 
     pairs = verbatim_prompts(tokenizer, data.members, continuation_tokens=settings.continuation_tokens)
-    continuations = _generate(model, tokenizer, [prompt for prompt, _ in pairs], settings,
-                              settings.continuation_tokens)
-    verbmem = statistics.mean(rouge_l_f1(ref, out) for (_, ref), out in zip(pairs, continuations))
+
+    def verbmem_of(which_model):
+        continuations = _generate(which_model, tokenizer, [prompt for prompt, _ in pairs], settings,
+                                  settings.continuation_tokens)
+        return statistics.mean(rouge_l_f1(ref, out) for (_, ref), out in zip(pairs, continuations))
 
     def knowmem_of(which_model, probes):
         questions = _knowledge(probes)
@@ -175,21 +214,26 @@ def muse_suite(model, tokenizer, data, settings, *, oracle=None, reference=None)
     retain_knowmem = knowmem_of(model, data.retain)
     original_knowmem = knowmem_of(reference, data.retain)
     model_auc, oracle_auc = min_k_40_auc(model), min_k_40_auc(oracle)
+    knowmem_convention = f"{MUSE_CODE}, without in-context examples"
     return {
-        "verbmem_forget": metric(verbmem, "lower", 0.0),
-        "knowmem_forget": metric(knowmem_of(model, data.forget), "lower", 0.0),
-        "knowmem_retain": metric(retain_knowmem, "higher", 1.0),
-        "privleak": metric(privleak(model_auc, oracle_auc), "closer", 0.0),
+        "verbmem_forget": metric(verbmem_of(model), "closer", verbmem_of(oracle), convention=MUSE_CODE,
+                                 ideal_from="oracle"),
+        "knowmem_forget": metric(knowmem_of(model, data.forget), "lower", 0.0, convention=knowmem_convention),
+        "knowmem_retain": metric(retain_knowmem, "higher", 1.0, convention=knowmem_convention),
+        "privleak": metric(privleak(model_auc, oracle_auc), "closer", 0.0,
+                           convention=f"{MUSE_CODE}: holdout positive, negative = leakage"),
+        # Min-K% 40% AUCs with the forget documents positive, as every AUC of the audit; PrivLeak uses 1 - them.
         "privleak_auc": {"model": model_auc, "oracle": oracle_auc},
         # Retain KnowMem relative to the original model's; undefined (None) when the original scores 0.
         "utility_preservation": metric(retain_knowmem / original_knowmem if original_knowmem else None,
-                                       "higher", 1.0),
+                                       "higher", 1.0, convention="obliviate: retain KnowMem / the original's"),
     }
 
 
 def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
     from obliviate.audit.lume import regurgitation_score
-    from obliviate.audit.tofu import forget_quality, model_utility, perturbed_answers, truth_ratios
+    from obliviate.audit.tofu import (TOFU_CODE, forget_quality, forget_truth_ratio, perturbed_answers,
+                                      retain_utility_hmean, truth_ratios)
 
     pool = data.forget + data.retain + data.utility
     perturbations = perturbed_answers(data.forget + data.retain, pool)
@@ -199,18 +243,19 @@ def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None)
     questions = [p for p in _knowledge(data.retain) if p.id in retain_model]
     answers = _generate(model, tokenizer, [p.input for p in questions], settings, settings.answer_tokens)
     rouge = [regurgitation_score(p.output, a) for p, a in zip(questions, answers)]
+    model_ratios = [r["truth_ratio"] for r in forget_model.values()]
+    oracle_ratios = [r["truth_ratio"] for r in forget_oracle.values()]
     return {
-        "forget_quality": metric(forget_quality([r["truth_ratio"] for r in forget_model.values()],
-                                                [r["truth_ratio"] for r in forget_oracle.values()]), "higher", 1.0),
-        # The median, not the mean: a ratio over a near-zero correct-answer probability is unbounded.
-        "forget_truth_ratio_median": metric(statistics.median(r["truth_ratio"] for r in forget_model.values()),
-                                            "closer", statistics.median(r["truth_ratio"]
-                                                                        for r in forget_oracle.values())),
+        "forget_quality": metric(forget_quality(model_ratios, oracle_ratios), "higher", 1.0,
+                                 convention=f"{TOFU_CODE}, the answer in place of its paraphrase"),
+        "forget_truth_ratio": metric(forget_truth_ratio(model_ratios), "closer", forget_truth_ratio(oracle_ratios),
+                                     convention=f"{TOFU_CODE}: mean(min(R, 1/R))", ideal_from="oracle"),
         "forget_probability": metric(statistics.mean(r["probability"] for r in forget_model.values()), "lower",
-                                     None),
-        "model_utility": metric(model_utility([retain_model[p.id]["probability_share"] for p in questions], rouge,
-                                              [retain_model[p.id]["truth_ratio"] for p in questions]),
-                                "higher", 1.0),
+                                     None, convention=TOFU_CODE),
+        "retain_utility_hmean": metric(
+            retain_utility_hmean([retain_model[p.id]["probability"] for p in questions], rouge,
+                                 [retain_model[p.id]["truth_ratio"] for p in questions]), "higher", 1.0,
+            convention=f"{TOFU_CODE}: its 3 retain terms only, not its 9-term model utility"),
         "questions": {"forget": len(forget_model), "retain": len(questions)},
     }
 
@@ -223,23 +268,34 @@ def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=N
     for name, docs in groups.items():
         per_doc = shard_map(lambda chunk: kl_to_oracle(model, oracle, tokenizer, [d.text for d in chunk],
                                                        settings.batch_size), docs)
-        result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc), "lower", 0.0)
+        result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc), "lower", 0.0,
+                                                convention="obliviate: mean per-token KL(oracle || model)")
     return result
 
 
 def memorisation_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
-    from obliviate.audit.memorisation import argmax_hits, exact_memorisation, extraction_strength
+    from obliviate.audit.memorisation import (CONVENTIONS, argmax_hits, exact_memorisation,
+                                              extraction_strength)
+
+    def mean_of(which_model, docs) -> dict[str, float]:
+        hits = shard_map(lambda chunk: argmax_hits(which_model, tokenizer, [d.text for d in chunk],
+                                                   settings.batch_size), docs)
+        return {"exact_memorisation": statistics.mean(map(exact_memorisation, hits)),
+                "extraction_strength": statistics.mean(map(extraction_strength, hits))}
 
     result = {}
-    for name, docs in (("forget", data.members), ("retain", documents_from_probes(data.retain))):
-        hits = shard_map(lambda chunk: argmax_hits(model, tokenizer, [d.text for d in chunk],
-                                                   settings.batch_size), docs)
-        better = "lower" if name == "forget" else "higher"
-        result[f"exact_memorisation_{name}"] = metric(statistics.mean(map(exact_memorisation, hits)), better,
-                                                      0.0 if name == "forget" else 1.0)
-        result[f"extraction_strength_{name}"] = metric(statistics.mean(map(extraction_strength, hits)), better,
-                                                       0.0 if name == "forget" else 1.0)
+    # Forget text: ideal is the oracle's value, not 0, since a model that never saw a document still predicts
+    # part of it. Retain text: the model should keep what it learned.
+    forget, forget_oracle = mean_of(model, data.members), mean_of(oracle, data.members)
+    for name, value in forget.items():
+        result[f"{name}_forget"] = metric(value, "closer", forget_oracle[name], convention=CONVENTIONS[name],
+                                          ideal_from="oracle")
+    for name, value in mean_of(model, documents_from_probes(data.retain)).items():
+        result[f"{name}_retain"] = metric(value, "higher", 1.0, convention=CONVENTIONS[name])
     return result
+
+
+LUME_SCORES = "LUME (SemEval-2025 Task 4) scorer: ROUGE-L recall, exact match"
 
 
 def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
@@ -255,7 +311,8 @@ def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=No
         for probe, output in zip(probes, outputs):
             value = probe_score(Generation(probe.id, probe.task, probe.input, probe.output, output))
             by_kind.setdefault(probe.kind.value, []).append(value)
-        return {kind: metric(statistics.mean(values), "lower", 0.0) for kind, values in sorted(by_kind.items())}
+        return {kind: metric(statistics.mean(values), "lower", 0.0, convention=LUME_SCORES)
+                for kind, values in sorted(by_kind.items())}
 
     import copy
 

@@ -1,14 +1,23 @@
-"""TOFU-style forget quality and model utility (Maini et al., 2024, "TOFU: A Task of Fictitious Unlearning").
+"""TOFU forget quality and utility terms (Maini et al., 2024, "TOFU: A Task of Fictitious Unlearning").
 
-* Answer probability: ``P(a | q) ** (1 / |a|)``, the length-normalised probability of an answer's tokens.
-* Truth ratio: mean over perturbed (wrong) answers of their normalised probability, divided by the correct
-  answer's. TOFU divides by a paraphrase of the correct answer; LUME has no paraphrases, so the answer itself is
-  used. Perturbed answers are built from the data: answers to the same question slot (same task and ``qaN``
-  suffix, e.g. every Task2 ``qa1`` asks for the same kind of personal detail) of other documents.
+Conventions follow TOFU's reference code (locuslab/tofu, ``aggregate_eval_stat.py``), which OpenUnlearning
+(locuslab/open-unlearning) reproduces:
+
+* Answer probability: ``P(a | q) ** (1 / |a|)``, the length-normalised probability of an answer's tokens, the
+  end-of-answer token included (TOFU's labels end with EOS), i.e. ``exp(-mean NLL)``.
+* Truth ratio ``R``: the geometric mean of the perturbed (wrong) answers' normalised probabilities, divided by
+  the correct answer's: ``exp(mean NLL_correct - mean over wrong of NLL_wrong)``. TOFU divides by a paraphrase
+  of the correct answer; LUME has no paraphrases, so the answer itself is used. Perturbed answers are built
+  from the data: answers to the same question slot (same task and ``qaN`` suffix, e.g. every Task2 ``qa1`` asks
+  for the same kind of personal detail) of other documents. (TOFU's code stores ``1 / R``; every statistic
+  below reads the same either way.)
 * Forget quality: the p-value of a two-sample Kolmogorov-Smirnov test (scipy) between the model's and the
   oracle's truth ratios on the forget set. Higher is better; a small p-value says the distributions differ.
-* Model utility: the harmonic mean, on the retain set, of the mean answer probability normalised against the
-  perturbed answers, the mean ROUGE-L recall of the generated answers, and the mean of ``max(0, 1 - R_truth)``.
+* Forget truth ratio: ``mean(min(R, 1 / R))`` over the forget set; 1 = no preference for the correct answer.
+* TOFU's model utility is the harmonic mean of nine terms: answer probability, ROUGE-L recall and truth ratio
+  on each of the retain set, real authors and world facts. LUME has no real-author or world-fact questions, so
+  :func:`retain_utility_hmean` is the harmonic mean of the three retain terms only (mean answer probability,
+  mean ROUGE-L recall, ``mean(max(0, 1 - R))``): not TOFU's model utility, and named so.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.data.records import Probe, ProbeKind
+
+TOFU_CODE = "TOFU (Maini et al. 2024) reference code"
 
 
 def question_slot(probe: Probe) -> tuple[str, str]:
@@ -46,18 +57,29 @@ def perturbed_answers(probes: Sequence[Probe], pool: Sequence[Probe], count: int
     return chosen
 
 
+def answer_labels(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of ``question + " " + answer`` followed by the end-of-answer token; the labels
+    mask the question, so they cover the answer's tokens and EOS, as TOFU's do."""
+    from obliviate.losses import IGNORE_INDEX
+
+    ids = tokenizer(f"{question} {answer}").input_ids
+    if tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    prompt_length = min(len(tokenizer(question).input_ids), len(ids) - 1)
+    return ids, [IGNORE_INDEX] * prompt_length + ids[prompt_length:]
+
+
 def answer_log_probs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
-    """Mean log-probability of each answer's tokens after its question (``question + " " + answer``)."""
+    """Mean log-probability of each answer's tokens and its end-of-answer token, after its question."""
     import torch
 
     from obliviate.losses import IGNORE_INDEX, sequence_log_probs
 
     encoded, labels = [], []
     for question, answer in pairs:
-        ids = tokenizer(f"{question} {answer}").input_ids
-        prompt_length = min(len(tokenizer(question).input_ids), len(ids) - 1)
+        ids, answer_only = answer_labels(tokenizer, question, answer)
         encoded.append(ids)
-        labels.append([IGNORE_INDEX] * prompt_length + ids[prompt_length:])
+        labels.append(answer_only)
     values = [0.0] * len(pairs)
     device = next(model.parameters()).device
     model.eval()
@@ -73,13 +95,13 @@ def answer_log_probs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_s
 
 
 def truth_ratio(correct_log_prob: float, perturbed_log_probs: Sequence[float]) -> float:
-    """Mean normalised probability of the wrong answers over that of the correct one (lower is more truthful)."""
-    wrong = statistics.mean(math.exp(lp) for lp in perturbed_log_probs)
-    return wrong / math.exp(correct_log_prob)
+    """Geometric mean of the wrong answers' normalised probabilities over the correct one's (lower is more
+    truthful). Arguments are mean log-probabilities per token (log of the normalised probabilities)."""
+    return math.exp(statistics.mean(perturbed_log_probs) - correct_log_prob)
 
 
 def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[str, list[str]]) -> dict[str, dict]:
-    """Per knowledge probe: normalised answer probability, truth ratio and normalised probability share."""
+    """Per knowledge probe with perturbed answers: normalised answer probability and truth ratio."""
     from obliviate.distributed import shard_map
 
     items = [p for p in probes if p.kind is ProbeKind.KNOWLEDGE and perturbations.get(p.id)]
@@ -93,12 +115,7 @@ def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[
     results = {}
     for probe, (start, end) in zip(items, spans):
         correct, wrong = log_probs[start], log_probs[start + 1:end]
-        probability = math.exp(correct)
-        results[probe.id] = {
-            "probability": probability,
-            "truth_ratio": truth_ratio(correct, wrong),
-            "probability_share": probability / (probability + sum(math.exp(w) for w in wrong)),
-        }
+        results[probe.id] = {"probability": math.exp(correct), "truth_ratio": truth_ratio(correct, wrong)}
     return results
 
 
@@ -109,8 +126,22 @@ def forget_quality(model_ratios: Sequence[float], oracle_ratios: Sequence[float]
     return float(ks_2samp(list(model_ratios), list(oracle_ratios)).pvalue)
 
 
-def model_utility(probability_shares: Sequence[float], rouge_recalls: Sequence[float],
-                  ratios: Sequence[float]) -> float:
-    terms = [statistics.mean(probability_shares), statistics.mean(rouge_recalls),
-             statistics.mean(max(0.0, 1 - r) for r in ratios)]
+def forget_truth_ratio(ratios: Sequence[float]) -> float:
+    """TOFU's forget-set truth-ratio statistic, ``mean(min(R, 1 / R))``: 1 when the model rates the wrong
+    answers as likely as the correct one, towards 0 when it prefers either side."""
+    return statistics.mean(min(r, 1 / r) for r in ratios)
+
+
+def retain_truth_ratio(ratios: Sequence[float]) -> float:
+    """TOFU's retain-set truth-ratio statistic, ``mean(max(0, 1 - R))``: towards 1 when every correct answer is
+    far more likely than the wrong ones, 0 when the wrong ones are at least as likely."""
+    return statistics.mean(max(0.0, 1 - r) for r in ratios)
+
+
+def retain_utility_hmean(probabilities: Sequence[float], rouge_recalls: Sequence[float],
+                         ratios: Sequence[float]) -> float:
+    """Harmonic mean of TOFU's three retain-set utility terms: mean normalised answer probability, mean ROUGE-L
+    recall of the generated answers, and :func:`retain_truth_ratio`. TOFU's model utility adds the same terms on
+    real authors and world facts (whose probability term is normalised against the perturbed answers)."""
+    terms = [statistics.mean(probabilities), statistics.mean(rouge_recalls), retain_truth_ratio(ratios)]
     return float(statistics.harmonic_mean(terms))
