@@ -162,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory with forget.jsonl, retain.jsonl and nonmember.jsonl (optional "
                             "utility.jsonl), e.g. `obliviate micro`'s OUT/data, or 'bundled'")
     audit.add_argument("--oracle", metavar="DIR",
-                       help="a model trained without the forget set (needed by muse, tofu, distance)")
+                       help="a model trained without the forget set (needed by muse, tofu, distance, memorisation "
+                            "and the reference MIA attack, whose membership reference it is)")
     audit.add_argument("--reference", metavar="DIR",
-                       help="the original model before unlearning (needed by muse and the reference MIA attack)")
+                       help="the original model before unlearning (needed by muse and the "
+                            "loss_drop_since_original attack)")
     audit.add_argument("--suites", default=",".join(SUITES),
                        help=f"comma-separated suites (default: all of {','.join(SUITES)})")
     audit.add_argument("--mia-attacks", default=",".join(MIA_ATTACKS),
