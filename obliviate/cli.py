@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     micro.add_argument("--out", metavar="DIR", required=True, help="output directory")
     micro.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
     micro.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    micro.add_argument("--rebuild", action="store_true",
+                       help="fine-tune target and oracle even where the package ships them prebuilt (the bundled "
+                            "benchmark on the bundled base) or the cache holds them")
     _add_base_option(micro)
 
     base = commands.add_parser(
@@ -607,7 +610,13 @@ def cmd_micro(args) -> int:
     check_output_dir(args.out, args.overwrite)
     base = _base_value(args.base)
     benchmark = benchmark_from(args.data, base=base)
-    micro = build_micro_models(benchmark, _recipe(base, args), cache_dir=args.cache_dir, base=base,
+    cache_dir = args.cache_dir
+    if args.rebuild:  # a private, empty cache: nothing to load, and the user's cache is left alone
+        import tempfile
+
+        cache_dir = tempfile.mkdtemp(prefix="obliviate-rebuild-")
+    micro = build_micro_models(benchmark, _recipe(base, args), cache_dir=cache_dir, base=base,
+                               prebuilt=not args.rebuild,
                                log=lambda message: print(message, file=sys.stderr, flush=True))
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         benchmark.write(tmp / "data")
@@ -615,6 +624,8 @@ def cmd_micro(args) -> int:
             shutil.copytree(micro.paths[role], tmp / role)
         if micro.base is not None:
             shutil.copytree(micro.base, tmp / "base")
+    if args.rebuild:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     written = ["data", "target", "oracle"] + (["base"] if micro.base is not None else [])
     print("wrote " + ", ".join(f"{args.out}/{name}" for name in written))
     return 0

@@ -124,3 +124,12 @@ def test_base_teacher_needs_a_base_with_the_same_vocabulary(tiny_tokenizer, bund
     with pytest.raises(InputError, match="vocabulary"):
         unlearn(*args, reference_loader=lambda: build_tiny_model(tiny_tokenizer), base_loader=other_vocabulary,
                 progress=False)
+
+
+def test_warmup_is_honoured_with_the_constant_schedule(tiny_tokenizer, bundled_probes):
+    """transformers' "constant" schedule ignores warm-up; a constant rate with warm-up steps ramps up first."""
+    run = plan("GradAscent", {"max_steps": "4", "batch_size": "1", "learning_rate": "1e-3", "warmup_steps": "2"})
+    result = unlearn(build_tiny_model(tiny_tokenizer), tiny_tokenizer, bundled_probes["forget"][:4], [], run,
+                     progress=False)
+    rates = [entry["learning_rate"] for entry in result.record["log_history"]]
+    assert rates[0] < 1e-3 and rates[-1] == pytest.approx(1e-3)

@@ -47,8 +47,8 @@ class BaseRecipe:
     min_learning_rate_ratio: float = 0.05
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    tokens_per_batch: int = 4096
-    passes: int = 12
+    tokens_per_batch: int = 1024
+    passes: int = 14
     validation_fraction: float = 0.05  # documents held out to choose the pass and to report the base's loss
     seed: int = 0
 

@@ -72,13 +72,24 @@ class FineTuneRecipe:
     decay_passes: int = 20
     tokens_per_batch: int = 512
     replay_ratio: float = 1.0  # pretraining texts replayed per benchmark text in every pass
+    # "kl": on replayed texts, distil the base (KL(p_base || p_model)); "nll": train on them as text. The base
+    # was kept at its best held-out pass: more NLL passes over its corpus overfit it further.
+    replay_loss: str = "kl"
     max_passes: int = 60
-    first_check: int = 6
-    check_every: int = 3
+    first_check: int = 8
+    check_every: int = 2
     check_max_new_tokens: int = 128
     min_regurgitation: float = 0.9
     min_knowledge: float = 0.8
     seed: int = 0
+
+    def __post_init__(self):
+        from obliviate.errors import InputError
+
+        if self.replay_loss not in ("kl", "nll"):
+            raise InputError(f"expected one of kl, nll, got {self.replay_loss!r}", field="replay_loss")
+        if self.replay_ratio < 0:
+            raise InputError(f"must be >= 0, got {self.replay_ratio!r}", field="replay_ratio")
 
 
 def default_cache_dir() -> Path:
@@ -124,9 +135,10 @@ def memorisation_scores(model, tokenizer, probes: Sequence[Probe], max_new_token
 
 def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Sequence[Probe]],
                     recipe: MicroRecipe | FineTuneRecipe, desc: str, model=None,
-                    replay: Sequence[str] = ()) -> tuple[object, dict]:
+                    replay: Sequence[str] = (), replay_teacher=None) -> tuple[object, dict]:
     """Train ``model`` (a fresh one from ``recipe`` if None) on ``probes`` until every check set is memorised
-    (or ``max_passes``), replaying ``recipe.replay_ratio`` texts of ``replay`` per probe in every pass.
+    (or ``max_passes``), replaying ``recipe.replay_ratio`` texts of ``replay`` per probe in every pass: with
+    ``replay_teacher`` (the frozen base) the loss on them is KL(p_teacher || p_model), otherwise their NLL.
 
     Returns the model from the first check that passed (scores fluctuate before they settle, so training
     stops there), or the best-scoring check if none passed, and a record of the run.
@@ -147,6 +159,16 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
 
     def pass_examples() -> list[list[int]]:
         return own + (replay_rng.sample(replay_encoded, replay_count) if replay_count else [])
+
+    def pass_batches(lengths: list[int]) -> list[list[int]]:
+        """Own texts and replayed texts in separate batches (each batch has one loss), in a random order."""
+        if not replay_count:
+            return _batches(lengths, recipe.tokens_per_batch, rng)
+        batches = _batches(lengths[:len(own)], recipe.tokens_per_batch, rng)
+        batches += [[len(own) + i for i in batch]
+                    for batch in _batches(lengths[len(own):], recipe.tokens_per_batch, rng)]
+        rng.shuffle(batches)
+        return batches
 
     encoded = pass_examples()
     lengths = [len(ids) for ids in encoded]
@@ -171,7 +193,7 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
                 encoded = pass_examples()
                 lengths = [len(ids) for ids in encoded]
             total_loss, total_tokens = 0.0, 0
-            for batch in _batches(lengths, recipe.tokens_per_batch, rng):
+            for batch in pass_batches(lengths):
                 width = max(lengths[i] for i in batch)
                 input_ids = torch.full((len(batch), width), eos, dtype=torch.long)
                 labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -181,7 +203,15 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
                     input_ids[row, :len(ids)] = ids
                     labels[row, :len(ids)] = ids
                     attention_mask[row, :len(ids)] = 1
-                loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+                if replay_teacher is not None and batch[0] >= len(own):
+                    from obliviate.losses import kl_divergence
+
+                    with torch.no_grad():
+                        teacher_logits = replay_teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+                    loss = kl_divergence(teacher_logits, model(input_ids=input_ids,
+                                                               attention_mask=attention_mask).logits, labels)
+                else:
+                    loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -232,6 +262,14 @@ class MicroModels:
     base: Path | None = None  # the pretrained base both were fine-tuned from (None: trained from scratch)
 
 
+def prebuilt_dir() -> Path:
+    """Target and oracle of the bundled benchmark on the bundled base, shipped (float16) so that the demo does
+    not spend its time budget fine-tuning them; ``obliviate micro --rebuild`` trains them again instead."""
+    from importlib import resources
+
+    return Path(str(resources.files("obliviate.data") / "bundled" / "micro-models"))
+
+
 def resolve_base(base: str | Path | None) -> Path | None:
     """The base model directory for ``base`` (``"bundled"``: the shipped one; None: from scratch)."""
     if base is None:
@@ -276,12 +314,12 @@ def _load_cached(path: Path):
 
 def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe | FineTuneRecipe | None = None,
                        cache_dir: str | Path | None = None, log=print, base: str | Path | None = BUNDLED,
-                       roles: Sequence[str] = ("target", "oracle")) -> MicroModels:
+                       roles: Sequence[str] = ("target", "oracle"), prebuilt: bool = True) -> MicroModels:
     """The tokenizer, target and oracle of a micro benchmark, trained or loaded from the cache.
 
     ``base``: ``"bundled"`` (the shipped pretrained base), a local Hugging Face causal-LM directory, or None
     for the from-scratch fixture. ``recipe`` defaults to ``FineTuneRecipe()`` with a base and ``MicroRecipe()``
-    without one.
+    without one. ``prebuilt``: use the shipped models (:func:`prebuilt_dir`) when their key matches.
     """
     from obliviate.io import atomic_output_dir
     from obliviate.models.loading import load_model, save_model
@@ -295,7 +333,11 @@ def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe | FineTuneRecip
     models, records, paths = {}, {}, {}
     tokenizer = None
     for role in roles:
-        path = cache / "micro" / f"{role}-{_cache_key(benchmark, recipe, role, base_key)}"
+        name = f"{role}-{_cache_key(benchmark, recipe, role, base_key)}"
+        path = cache / "micro" / name
+        if prebuilt and not (path / "memorisation.json").is_file() \
+                and (prebuilt_dir() / name / "memorisation.json").is_file():
+            path = prebuilt_dir() / name  # shipped with the package: the same key, so the same recipe and data
         paths[role] = path
         if (path / "memorisation.json").is_file():
             model, cached_tokenizer, record = _load_cached(path)
@@ -317,8 +359,13 @@ def build_micro_models(benchmark: Benchmark, recipe: MicroRecipe | FineTuneRecip
             else:
                 loaded = load_model(base_dir, device="cpu")
                 tokenizer = tokenizer or loaded.tokenizer
+                teacher = None
+                if recipe.replay_loss == "kl":  # a second, frozen copy of the base, loaded fresh
+                    teacher = load_model(base_dir, device="cpu").model.requires_grad_(False)
                 model, record = train_memoriser(tokenizer, probes, checks, recipe, desc=f"fine-tuning {role}",
-                                                model=loaded.model, replay=replay_texts(base_dir, benchmark))
+                                                model=loaded.model, replay=replay_texts(base_dir, benchmark),
+                                                replay_teacher=teacher)
+                del teacher
                 record["base"] = str(base_dir)
             record["recipe"] = asdict(recipe)
             with atomic_output_dir(path, overwrite=True) as tmp:

@@ -135,7 +135,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         args = TrainingArguments(
             output_dir=scratch, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
-            learning_rate=settings.learning_rate, lr_scheduler_type=settings.lr_scheduler,
+            learning_rate=settings.learning_rate, lr_scheduler_type=scheduler_type(settings),
             warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed,
             data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), save_strategy="no",
@@ -169,6 +169,14 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     }
     del reference_model, base_model, trainer
     return record
+
+
+def scheduler_type(settings: TrainingConfig) -> str:
+    """transformers' scheduler name; a constant rate with ``warmup_steps`` becomes "constant_with_warmup"
+    (transformers' plain "constant" would silently ignore the warm-up)."""
+    if settings.lr_scheduler == "constant" and settings.warmup_steps > 0:
+        return "constant_with_warmup"
+    return settings.lr_scheduler
 
 
 def _quiet_log_printing(trainer) -> None:
