@@ -100,12 +100,35 @@ def test_demo_end_to_end(micro_models, tmp_path, capsys):
 
     _, cache = micro_models
     out = tmp_path / "demo"
-    assert main(["demo", "--cache-dir", str(cache), "--out", str(out)]) == 0
+    assert main(["demo", "--cache-dir", str(cache), "--methods", "GradDiff,BaseTeacher", "--seeds", "0,1",
+                 "--out", str(out)]) == 0
     table = capsys.readouterr().out
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [row["name"] for row in rows] == ["target", "oracle", "GradAscent", "GradDiff", "KL", "NPO"]
+    assert [row["name"] for row in rows] == ["target", "oracle", "GradDiff", "BaseTeacher"]
     for row in rows:
-        assert row["name"] in table and isinstance(row["collapsed"], bool)
+        assert row["name"] in table
         assert len([key for key in row if key.count("/") == 2]) == 12
     assert rows[0]["mia_auc"] > rows[1]["mia_auc"]  # the target is far more exposed than the oracle
+    assert rows[2]["runs"] == 2 and rows[2]["collapsed"] in ("0/2", "1/2", "2/2")
+    # BaseTeacher makes forget text cost what it costs a model that never saw it: the target's forget
+    # documents sit near 0.3 nats per token, the oracle's near 4.
+    assert rows[3]["mia_auc"] < 0.95 and rows[3]["task_aggregate"] > 0.5
+    assert "aim: oracle's loss-MIA AUC" in table
     assert (out / "report.md").is_file() and (out / "scores.png").is_file()
+
+
+@pytest.mark.slow
+def test_rebuilt_oracle_matches_the_shipped_record(tmp_path):
+    """Fine-tuning the oracle again (the shipped one is float16) retraces the shipped run's checks."""
+    from obliviate.models.micro import build_micro_models
+
+    rebuilt = build_micro_models(load_bundled(), cache_dir=tmp_path, log=lambda message: None,
+                                 roles=("oracle",), prebuilt=False)
+    from obliviate.models.micro import prebuilt_dir
+
+    shipped = json.loads((prebuilt_dir() / rebuilt.paths["oracle"].name / "memorisation.json").read_text())
+    ours = rebuilt.records["oracle"]
+    assert ours["passes"] == shipped["passes"] and ours["memorised"] == shipped["memorised"]
+    for mine, theirs in zip(ours["checks"], shipped["checks"]):
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-3)
+        assert mine["retain"] == pytest.approx(theirs["retain"], abs=0.02)

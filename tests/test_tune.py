@@ -29,13 +29,13 @@ def test_trial_list_is_deterministic_and_a_longer_search_extends_a_shorter_one()
 
 
 def test_default_space_scales_the_tuned_values():
-    space = default_space("GradDiff")
-    assert space["learning_rate"] == [0.0001, 0.0002, 0.0004]
-    assert space["max_steps"] == [40, 80, 120]
-    assert space["retain_weight"] == [10.0, 20.0, 40.0]
+    space = default_space("GradDiff")  # tuned: lr 1e-4, 120 steps, forget_weight 2, retain_weight 10
+    assert space["learning_rate"] == [5e-05, 0.0001, 0.0002]
+    assert space["max_steps"] == [60, 120, 180]
+    assert space["retain_weight"] == [5.0, 10.0, 20.0] and space["forget_weight"] == [1.0, 2.0, 4.0]
     assert parse_space("GradDiff", ["max_steps=5,5,10", "lr_scheduler=cosine"])["max_steps"] == [5, 10]
     # Tuned on the whole forget set, searched on a part 0.6 as large: the same passes take 0.6x the steps.
-    assert default_space("GradDiff", steps_factor=0.6)["max_steps"] == [24, 48, 72]
+    assert default_space("GradDiff", steps_factor=0.6)["max_steps"] == [36, 72, 108]
 
 
 def test_the_rescaled_defaults_lead_the_search(tmp_path):
@@ -49,7 +49,7 @@ def test_the_rescaled_defaults_lead_the_search(tmp_path):
     setup = SearchSetup(method="GradDiff", space=space, trials=2, seed=3, out=tmp_path / "tune", run_trial=run,
                         log=lambda message: None, default_overrides={"max_steps": 48})
     records = run_search(setup).records
-    assert records[0]["options"] == {"learning_rate": 2e-4, "max_steps": 48} and steps[0] == 48
+    assert records[0]["options"] == {"learning_rate": 1e-4, "max_steps": 48} and steps[0] == 48
 
 
 @pytest.mark.parametrize("item, field, words", [

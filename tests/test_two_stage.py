@@ -96,14 +96,16 @@ def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsy
 
     out = tmp_path / "demo"
     assert main(["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff",
-                 "--seeds", "0,1", "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "c"),
-                 "--out", str(out)]) == 0
+                 "--seeds", "0,1", "--target-seeds", "0,1", "--max-new-tokens", "4", "--cache-dir",
+                 str(tmp_path / "c"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "results.json").read_text())
     assert [row["name"] for row in result["rows"]] == ["target", "oracle", "GradDiff"]
     graddiff = result["rows"][2]
-    assert graddiff["runs"] == 2 and "final_score" in graddiff["std"] and " ± " in printed
-    assert len(result["runs"]["GradDiff"]) == 2 and "aim: base's loss" in printed
+    # Two seeds on each of two independently fine-tuned targets.
+    assert graddiff["runs"] == 4 and "final_score" in graddiff["std"] and " ± " in printed
+    assert len(result["runs"]["GradDiff"]) == 4 and len(result["runs"]["target"]) == 2
+    assert "aim: base's loss" in printed and printed.count("aim: oracle's loss-MIA AUC") == 2
     validation, test = split_benchmark(load_bundled())
     test_ids = {p.id for p in test.forget + test.retain + test.utility}
     validation_ids = {p.id for p in validation.forget + validation.retain + validation.utility}
@@ -113,7 +115,7 @@ def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsy
         assert ids <= test_ids and not ids & validation_ids
         assert len(evaluation["mia_losses"]["nonmember"]) == len(test.nonmembers)
         assert "heldout_loss" in evaluation
-    run = json.loads((out / "evaluations" / "GradDiff@seed1.json").read_text())["record"]
+    run = json.loads((out / "evaluations" / "GradDiff@target1@seed1.json").read_text())["record"]
     assert run["seed"] == 1
     # The tuned steps count for the whole forget set; the test part gets as many passes per document.
     from obliviate.training.unlearn import plan

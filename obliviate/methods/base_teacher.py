@@ -33,7 +33,7 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class BaseTeacherConfig:
-    forget_weight: float = 1.0
+    forget_weight: float = 2.0
     retain_weight: float = 1.0
 
     def __post_init__(self):
@@ -48,7 +48,7 @@ class BaseTeacher:
     needs_retain = True
     needs_reference = "model"
     needs_base = True
-    training_defaults = {"learning_rate": 5e-4, "max_steps": 60}
+    training_defaults = {"learning_rate": 2.5e-4, "max_steps": 90}
 
     def __init__(self, config: BaseTeacherConfig):
         self.config = config

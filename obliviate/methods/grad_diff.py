@@ -14,8 +14,8 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class GradDiffConfig:
-    forget_weight: float = 1.0
-    retain_weight: float = 20.0
+    forget_weight: float = 2.0
+    retain_weight: float = 10.0
 
     def __post_init__(self):
         require_positive(self, "forget_weight")
@@ -28,7 +28,7 @@ class GradDiff:
     Config = GradDiffConfig
     needs_retain = True
     needs_reference = None
-    training_defaults = {"learning_rate": 2e-4, "max_steps": 80}
+    training_defaults = {"learning_rate": 1e-4, "max_steps": 120}
 
     def __init__(self, config: GradDiffConfig):
         self.config = config

@@ -16,8 +16,8 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class KLConfig:
-    forget_weight: float = 1.0
-    retain_weight: float = 50.0
+    forget_weight: float = 2.0
+    retain_weight: float = 100.0
 
     def __post_init__(self):
         require_positive(self, "forget_weight")
@@ -30,7 +30,7 @@ class KL:
     Config = KLConfig
     needs_retain = True
     needs_reference = "model"
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 120}
+    training_defaults = {"learning_rate": 1.5e-4, "max_steps": 180}
 
     def __init__(self, config: KLConfig):
         self.config = config

@@ -19,8 +19,8 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 @dataclass
 class NPOConfig:
     beta: float = 0.05
-    forget_weight: float = 1.0
-    retain_weight: float = 100.0
+    forget_weight: float = 2.0
+    retain_weight: float = 200.0
 
     def __post_init__(self):
         require_positive(self, "beta", "forget_weight")
@@ -33,7 +33,7 @@ class NPO:
     Config = NPOConfig
     needs_retain = True
     needs_reference = "logprobs"
-    training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
+    training_defaults = {"learning_rate": 1.5e-4, "max_steps": 75}
 
     def __init__(self, config: NPOConfig):
         self.config = config
