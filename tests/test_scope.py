@@ -18,7 +18,8 @@ FAST = {"max_steps": "2", "batch_size": "2", "learning_rate": "1e-3", "max_lengt
 
 def _run(model, tokenizer, probes, name, **options):
     return unlearn(model, tokenizer, probes["forget"][:4], probes["retain"][:4], plan(name, {**FAST, **options}),
-                   reference_loader=lambda: build_tiny_model(tokenizer), progress=False)
+                   reference_loader=lambda: build_tiny_model(tokenizer),
+                   base_loader=lambda: build_tiny_model(tokenizer, seed=1), progress=False)
 
 
 def _snapshot(model):
