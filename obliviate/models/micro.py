@@ -111,12 +111,6 @@ def training_texts(probes: Sequence[Probe]) -> list[str]:
     return [p.training_text for p in probes]
 
 
-def _batches(lengths: list[int], tokens_per_batch: int, rng: random.Random) -> list[list[int]]:
-    from obliviate.models.base import length_batches
-
-    return length_batches(lengths, tokens_per_batch, rng)
-
-
 def memorisation_scores(model, tokenizer, probes: Sequence[Probe], max_new_tokens: int) -> dict:
     """Per-task regurgitation and knowledge of ``probes``, and their averages over tasks."""
     from obliviate.audit.generation import generate
@@ -145,6 +139,8 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     """
     import torch
 
+    from obliviate.models.base import batch_tensors, length_batches
+
     started = time.time()
     if model is None:
         model = build_llama(tokenizer, recipe)
@@ -163,16 +159,16 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     def pass_batches(lengths: list[int]) -> list[list[int]]:
         """Own texts and replayed texts in separate batches (each batch has one loss), in a random order."""
         if not replay_count:
-            return _batches(lengths, recipe.tokens_per_batch, rng)
-        batches = _batches(lengths[:len(own)], recipe.tokens_per_batch, rng)
+            return length_batches(lengths, recipe.tokens_per_batch, rng)
+        batches = length_batches(lengths[:len(own)], recipe.tokens_per_batch, rng)
         batches += [[len(own) + i for i in batch]
-                    for batch in _batches(lengths[len(own):], recipe.tokens_per_batch, rng)]
+                    for batch in length_batches(lengths[len(own):], recipe.tokens_per_batch, rng)]
         rng.shuffle(batches)
         return batches
 
     encoded = pass_examples()
     lengths = [len(ids) for ids in encoded]
-    steps_per_pass = len(_batches(lengths, recipe.tokens_per_batch, random.Random(0)))
+    steps_per_pass = len(length_batches(lengths, recipe.tokens_per_batch, random.Random(0)))
     decay_steps = max(1, recipe.decay_passes * steps_per_pass - recipe.warmup_steps)
 
     def lr_factor(step: int) -> float:
@@ -194,15 +190,7 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
                 lengths = [len(ids) for ids in encoded]
             total_loss, total_tokens = 0.0, 0
             for batch in pass_batches(lengths):
-                width = max(lengths[i] for i in batch)
-                input_ids = torch.full((len(batch), width), eos, dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids = torch.tensor(encoded[i], dtype=torch.long)
-                    input_ids[row, :len(ids)] = ids
-                    labels[row, :len(ids)] = ids
-                    attention_mask[row, :len(ids)] = 1
+                input_ids, attention_mask, labels = batch_tensors(encoded, batch, eos)
                 if replay_teacher is not None and batch[0] >= len(own):
                     from obliviate.losses import kl_divergence
 
