@@ -484,12 +484,14 @@ def cmd_audit(args) -> int:
     loaded = load_model(args.model, dtype=args.dtype, device=place)
     oracle = load_model(args.oracle, dtype=args.dtype, device=place).model if args.oracle else None
     reference = load_model(args.reference, dtype=args.dtype, device=place).model if args.reference else None
+    seconds: dict[str, float] = {}
     results = run_audit(loaded.model, loaded.tokenizer, data, settings, oracle=oracle, reference=reference,
-                        log=lambda message: print(message, file=sys.stderr, flush=True))
+                        log=lambda message: print(message, file=sys.stderr, flush=True), seconds=seconds)
     if not is_main_process():
         return 0
     report = {"model": str(Path(args.model).resolve()), "oracle": args.oracle, "reference": args.reference,
-              "data": str(data_dir), "command": _command_line(), "processes": world_size(), "suites": results}
+              "data": str(data_dir), "command": _command_line(), "processes": world_size(), "suites": results,
+              "seconds": seconds}
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         write_json_atomic(tmp / "audit.json", report)
         (tmp / "audit.md").write_text(audit_markdown({Path(args.model).name: results}))

@@ -182,8 +182,9 @@ def test_audit_command_runs_every_suite(tmp_path, tiny_model_dir, tiny_lume_dir,
     code = main(["audit", "--model", str(tiny_model_dir), "--data", str(tiny_lume_dir), "--oracle", str(oracle),
                  "--reference", str(tiny_model_dir), "--relearn-steps", "2", "--batch-size", "8", "--max-new-tokens", "8", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    report = json.loads((out / "audit.json").read_text())["suites"]
-    assert set(report) == {"mia", "muse", "tofu", "distance", "memorisation", "attacks"}
+    written = json.loads((out / "audit.json").read_text())
+    report = written["suites"]
+    assert set(report) == {"mia", "muse", "tofu", "distance", "memorisation", "attacks"} == set(written["seconds"])
     loss_auc = report["mia"]["forget_vs_nonmember"]["loss"]["auc"]
     assert 0 <= loss_auc["value"] <= 1 and loss_auc["better"] == "closer" and loss_auc["ideal"] == 0.5
     assert set(report["mia"]["forget_vs_nonmember"]) == {"loss", "zlib", "min_k_20", "min_k_40",
@@ -331,3 +332,49 @@ def test_reference_attack_uses_the_oracle_and_loss_drop_uses_the_original(tiny_t
     assert drop["value"] == pytest.approx(drop["ideal"])
     same = mia_suite(tiny_model, tiny_tokenizer, data, settings, oracle=other, reference=tiny_model)
     assert same["forget_vs_nonmember"]["loss_drop_since_original"]["auc"]["value"] == pytest.approx(0.5)
+
+
+def test_token_statistics_argmax_hits_match_a_direct_pass(tiny_tokenizer, tiny_model, bundled_probes):
+    from obliviate.audit.mia import token_statistics
+
+    texts = [d.text for d in _small_audit_data(bundled_probes).members]
+    stats = token_statistics(tiny_model, tiny_tokenizer, texts, batch_size=2, desc=None)
+    for text, stat in zip(texts, stats):
+        ids = torch.tensor([tiny_tokenizer(text).input_ids])
+        with torch.no_grad():
+            direct = (tiny_model(input_ids=ids).logits[0, :-1].argmax(-1) == ids[0, 1:]).tolist()
+        assert stat.argmax_hits == direct and len(direct) == len(stat.log_probs)
+
+
+def test_suites_share_forward_passes_and_generations(monkeypatch, tiny_tokenizer, tiny_model, bundled_probes):
+    """One audit computes a model's token statistics of a set of texts, and its continuations of a set of
+    prompts, once whichever suites ask; the numbers equal those of each suite run alone."""
+    import obliviate.audit.generation as generation
+    import obliviate.audit.mia as mia
+    from obliviate.audit.suites import run_audit
+    from tests.conftest import build_tiny_model
+
+    data = _small_audit_data(bundled_probes)
+    oracle = build_tiny_model(tiny_tokenizer, seed=1)
+    settings = AuditSettings(suites=("mia", "muse", "memorisation", "tofu"), mia_attacks=("loss", "min_k"),
+                             batch_size=4, answer_tokens=4, continuation_tokens=4)
+    calls = {"token_statistics": [], "generate": []}
+    for module, name in ((mia, "token_statistics"), (generation, "generate")):
+        original = getattr(module, name)
+
+        def counted(model, tokenizer, items, *args, _original=original, _name=name, **kwargs):
+            calls[_name].append((id(model), tuple(items)))
+            return _original(model, tokenizer, items, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    seconds = {}
+    together = run_audit(tiny_model, tiny_tokenizer, data, settings, oracle=oracle, reference=tiny_model,
+                         seconds=seconds)
+    assert set(seconds) == set(settings.suites) and all(s >= 0 for s in seconds.values())
+    for name, seen in calls.items():
+        assert len(seen) == len(set(seen)), f"{name} repeated for the same model and inputs"
+    for suite in settings.suites:
+        alone = run_audit(tiny_model, tiny_tokenizer, data, AuditSettings(
+            suites=(suite,), mia_attacks=settings.mia_attacks, batch_size=4, answer_tokens=4,
+            continuation_tokens=4), oracle=oracle, reference=tiny_model)
+        assert json.dumps(alone[suite], sort_keys=True) == json.dumps(together[suite], sort_keys=True)

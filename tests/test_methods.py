@@ -71,7 +71,7 @@ def test_plan_rejects_unknown_and_mistyped_options():
         plan("NPO", {"max_steps": "ten"})
     with pytest.raises(InputError, match="field 'beta': must be > 0"):
         plan("NPO", {"beta": "0"})
-    with pytest.raises(InputError, match="field 'loss_on': expected one of all, output"):
+    with pytest.raises(InputError, match="field .loss_on.: expected one of auto, all, output"):
         plan("GradDiff", {"loss_on": "prompt"})
 
 
@@ -133,3 +133,22 @@ def test_warmup_is_honoured_with_the_constant_schedule(tiny_tokenizer, bundled_p
                      progress=False)
     rates = [entry["learning_rate"] for entry in result.record["log_history"]]
     assert rates[0] < 1e-3 and rates[-1] == pytest.approx(1e-3)
+
+
+def test_loss_on_auto_takes_answers_of_questions_and_whole_documents(tiny_tokenizer, bundled_probes):
+    """The default follows TOFU/NPO on question rows (answer tokens only) and keeps the whole text of a
+    sentence-completion row, whose prompt is the document's own opening."""
+    from obliviate.data.records import ProbeKind
+    from obliviate.losses import IGNORE_INDEX
+    from obliviate.training.config import TrainingConfig
+    from obliviate.training.data import encode_probes
+
+    assert TrainingConfig().loss_on == "auto"
+    probes = bundled_probes["forget"]
+    question = next(p for p in probes if p.kind is ProbeKind.KNOWLEDGE)
+    document = next(p for p in probes if p.kind is ProbeKind.REGURGITATION)
+    auto = encode_probes(tiny_tokenizer, [question, document], 512, "auto")
+    output = encode_probes(tiny_tokenizer, [question], 512, "output")[0]
+    whole = encode_probes(tiny_tokenizer, [document], 512, "all")[0]
+    assert auto[0]["labels"] == output["labels"] and auto[0]["labels"][0] == IGNORE_INDEX
+    assert auto[1]["labels"] == whole["labels"] == whole["input_ids"]

@@ -68,7 +68,7 @@ def relearned_copy(model, tokenizer, probes: Sequence[Probe], *, steps: int = 10
     from obliviate.training.data import encode_probes, pad
 
     attacked = copy.deepcopy(model)  # the attack needs its own weights; the original must stay as audited
-    examples = encode_probes(tokenizer, probes, max_length=512)
+    examples = encode_probes(tokenizer, probes, max_length=512, loss_on="all")  # relearn the whole text
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     optimizer = torch.optim.AdamW([p for p in attacked.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=0.0)

@@ -1,4 +1,5 @@
-"""Memorisation of forget text, from one teacher-forced pass per document.
+"""Memorisation of forget text, from one teacher-forced pass per document (``mia.token_statistics``' argmax
+hits, shared with the other suites).
 
 * Exact memorisation (Tirumala et al., 2022): the fraction of a document's continuation tokens that are the
   model's argmax given the true prefix. 1.0 = verbatim memory.
@@ -15,30 +16,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
-
 # Whose definition each measure follows, for the audit report.
 CONVENTIONS = {"exact_memorisation": "exact memorisation (Tirumala et al. 2022)",
                "extraction_strength": "extraction strength (Carlini et al. 2021; Ye et al. 2024)"}
-
-
-def argmax_hits(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[bool]]:
-    """For each text, whether token t+1 is the model's argmax after the true tokens up to t."""
-    import torch
-
-    encoded = [tokenizer(text).input_ids for text in texts]
-    hits: list[list[bool]] = [[] for _ in texts]
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
-            input_ids = input_ids.to(device)
-            predicted = model(input_ids=input_ids, attention_mask=attention_mask.to(device)).logits[:, :-1].argmax(-1)
-            correct = (predicted == input_ids[:, 1:]).tolist()
-            for row, i in enumerate(indices):
-                hits[i] = correct[row][: len(encoded[i]) - 1]
-    return hits
 
 
 def exact_memorisation(hits: Sequence[bool]) -> float:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
@@ -52,6 +52,7 @@ class TokenStatistics:
     log_probs: list[float]  # log p(x_t | x_<t)
     mean_log_probs: list[float]  # mu_t = E_{z ~ p} log p(z)
     std_log_probs: list[float]  # sigma_t
+    argmax_hits: list[bool] = field(default_factory=list)  # whether x_{t+1} is the model's first choice
 
 
 def token_statistics(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
@@ -73,9 +74,11 @@ def token_statistics(model, tokenizer, texts: Sequence[str], *, batch_size: int 
             mean = (probs * log_softmax).sum(-1)
             variance = (probs * log_softmax.square()).sum(-1) - mean.square()
             std = variance.clamp(min=0).sqrt()
+            hits = logits.argmax(-1) == input_ids[:, 1:]
             for row, i in enumerate(indices):
                 n = len(encoded[i]) - 1
-                results[i] = TokenStatistics(token[row, :n].tolist(), mean[row, :n].tolist(), std[row, :n].tolist())
+                results[i] = TokenStatistics(token[row, :n].tolist(), mean[row, :n].tolist(), std[row, :n].tolist(),
+                                             hits[row, :n].tolist())
             bar.update(len(indices))
     return results  # type: ignore[return-value]
 

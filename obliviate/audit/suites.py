@@ -88,29 +88,73 @@ def check_request(settings: AuditSettings, have_oracle: bool, have_reference: bo
 
 
 def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, oracle=None, reference=None,
-              log: Callable[[str], None] = lambda message: None) -> dict:
+              log: Callable[[str], None] = lambda message: None, seconds: dict | None = None) -> dict:
+    """Every requested suite's metrics; ``seconds`` (if given) receives each suite's wall time.
+
+    The suites share their forward passes and generations: within one audit, a model's token statistics of a
+    set of texts, and its greedy continuations of a set of prompts, are computed once whichever suites ask.
+    """
+    import time
+
     check_request(settings, oracle is not None, reference is not None)
     results = {}
-    for suite in settings.suites:
-        log(f"audit: {suite}")
-        results[suite] = SUITE_FUNCTIONS[suite](model, tokenizer, data, settings, oracle=oracle, reference=reference)
+    global _shared
+    _shared = _SharedWork({id(m) for m in (model, oracle, reference) if m is not None})
+    try:
+        for suite in settings.suites:
+            log(f"audit: {suite}")
+            started = time.perf_counter()
+            results[suite] = SUITE_FUNCTIONS[suite](model, tokenizer, data, settings, oracle=oracle,
+                                                    reference=reference)
+            if seconds is not None:
+                seconds[suite] = time.perf_counter() - started
+    finally:
+        _shared = None
     return results
 
 
 # --- shared per-model computations --------------------------------------------------------------------------
 
+class _SharedWork:
+    """Results computed once per audit, keyed by model and inputs. Only the audit's own models (by identity,
+    alive for the whole audit) are memoised: a temporary copy (the quantised or relearned models of the attacks)
+    could reuse a freed object's id."""
+
+    def __init__(self, model_ids: set[int]):
+        self.model_ids = model_ids
+        self.results: dict[tuple, list] = {}
+
+    def get(self, model, key: tuple, compute: Callable[[], list]) -> list:
+        if id(model) not in self.model_ids:
+            return compute()
+        key = (id(model), *key)
+        if key not in self.results:
+            self.results[key] = compute()
+        return self.results[key]
+
+
+_shared: _SharedWork | None = None
+
+
+def _memoised(model, key: tuple, compute: Callable[[], list]) -> list:
+    return compute() if _shared is None else _shared.get(model, key, compute)
+
+
 def _token_statistics(model, tokenizer, documents: Sequence[Document], settings: AuditSettings):
     from obliviate.audit.mia import token_statistics
 
-    return shard_map(lambda docs: token_statistics(model, tokenizer, [d.text for d in docs],
-                                                   batch_size=settings.batch_size, desc=None), documents)
+    texts = tuple(d.text for d in documents)
+    return _memoised(model, ("token_statistics", texts), lambda: shard_map(
+        lambda docs: token_statistics(model, tokenizer, [d.text for d in docs], batch_size=settings.batch_size,
+                                      desc=None), documents))
 
 
 def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int) -> list[str]:
     from obliviate.audit.generation import generate
 
-    return shard_map(lambda chunk: generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
-                                            batch_size=settings.batch_size, desc=None), prompts)
+    return _memoised(model, ("generate", tuple(prompts), max_new_tokens), lambda: shard_map(
+        lambda chunk: generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                               batch_size=settings.batch_size, desc=None), prompts))
 
 
 def _knowledge(probes: Sequence[Probe]) -> list[Probe]:
@@ -274,12 +318,10 @@ def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=N
 
 
 def memorisation_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
-    from obliviate.audit.memorisation import (CONVENTIONS, argmax_hits, exact_memorisation,
-                                              extraction_strength)
+    from obliviate.audit.memorisation import CONVENTIONS, exact_memorisation, extraction_strength
 
     def mean_of(which_model, docs) -> dict[str, float]:
-        hits = shard_map(lambda chunk: argmax_hits(which_model, tokenizer, [d.text for d in chunk],
-                                                   settings.batch_size), docs)
+        hits = [s.argmax_hits for s in _token_statistics(which_model, tokenizer, docs, settings)]
         return {"exact_memorisation": statistics.mean(map(exact_memorisation, hits)),
                 "extraction_strength": statistics.mean(map(extraction_strength, hits))}
 

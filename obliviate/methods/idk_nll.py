@@ -4,8 +4,8 @@ term (TOFU's "I don't know" baseline, Maini et al., 2024, "TOFU: A Task of Ficti
 loss = refusal_weight * NLL(prompt + refusal) + retain_weight * NLL(retain)
 
 The refusals come from ``obliviate.data.refusals`` (one per forget probe, picked by a hash of its id; for a
-document the refusal replaces the continuation). Which tokens get a loss follows ``loss_on`` as for every
-other example.
+document the refusal replaces the continuation). Which tokens get a loss follows ``loss_on``, except that under
+the default ``"auto"`` a refusal's prompt never gets one (on a sentence-completion row it is forget text).
 """
 
 from __future__ import annotations

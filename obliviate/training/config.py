@@ -22,7 +22,10 @@ class TrainingConfig:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     max_grad_norm: float = 1.0
     max_length: int = 512  # tokens per row; longer rows are truncated
-    loss_on: Literal["all", "output"] = "all"  # train on whole rows, or only on each row's output tokens
+    # Which tokens of a row get a loss (training/data.py): "auto" follows the papers (TOFU, NPO, SimNPO: answer
+    # tokens only) on question-answer rows and takes the whole row where the prompt is the document's own text
+    # (LUME's sentence-completion rows); "all" every token; "output" only each row's output tokens.
+    loss_on: Literal["auto", "all", "output"] = "auto"
     seed: int = 0
     # Which weights train (obliviate/training/scope.py). train_params: a regex searched in parameter names;
     # train_layers: decoder-layer indices ("0,1,2"; negatives count from the end), or "all" to override a

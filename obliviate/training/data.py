@@ -5,22 +5,27 @@ from __future__ import annotations
 from typing import Sequence
 
 from obliviate.batching import pad_sequences
-from obliviate.data.records import Probe
+from obliviate.data.records import Probe, ProbeKind
 from obliviate.losses import IGNORE_INDEX
 
 
-def encode_probes(tokenizer, probes: Sequence[Probe], max_length: int, loss_on: str = "all") -> list[dict]:
+def encode_probes(tokenizer, probes: Sequence[Probe], max_length: int, loss_on: str = "auto") -> list[dict]:
     """One example per probe: ``input + " " + output`` followed by EOS.
 
-    With ``loss_on="output"`` the prompt tokens get no label, so the loss sees only the answer (or the
-    document's continuation).
+    ``loss_on`` says which tokens get a label:
+
+    - ``"output"``: the answer (or the document's continuation) only; the prompt gets no label;
+    - ``"all"``: every token;
+    - ``"auto"``: the answer only on question-answer rows, as TOFU's, NPO's and SimNPO's code does (the question
+      is not what is to be forgotten, or kept), and every token on sentence-completion rows, whose prompt is the
+      first part of the document itself (forgetting the document means its opening too).
     """
     examples = []
     eos = tokenizer.eos_token_id
     for probe in probes:
         ids = tokenizer(probe.training_text).input_ids[: max_length - 1] + [eos]
         labels = list(ids)
-        if loss_on == "output":
+        if loss_on == "output" or (loss_on == "auto" and probe.kind is ProbeKind.KNOWLEDGE):
             prompt_length = min(len(tokenizer(probe.input).input_ids), len(ids) - 1)
             labels[:prompt_length] = [IGNORE_INDEX] * prompt_length
         examples.append({"input_ids": ids, "labels": labels})

@@ -104,7 +104,10 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     if getattr(method, "needs_refusals", False):  # the same forget probes, answered with a refusal
         from obliviate.data.refusals import refusal_probes
 
-        refusal_examples = encode_probes(tokenizer, refusal_probes(forget), settings.max_length, settings.loss_on)
+        # A refusal replaces the answer; under "auto" its prompt (on sentence-completion rows, forget text)
+        # must not be learnt alongside it.
+        refusal_loss_on = "output" if settings.loss_on == "auto" else settings.loss_on
+        refusal_examples = encode_probes(tokenizer, refusal_probes(forget), settings.max_length, refusal_loss_on)
     pad_id = pad_id_of(tokenizer)
     reference_model = None
     if method.needs_reference == "logprobs":
