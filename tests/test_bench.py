@@ -48,3 +48,20 @@ def test_method_entries_carry_options(costs):
                                                                                      "lora": "false"})
     with pytest.raises(SystemExit):
         costs.parse_entry("AILSNTUA:retain_ratio")
+
+
+def test_audit_time_cuts_every_set_by_documents():
+    spec = importlib.util.spec_from_file_location("audit_time", PATH.parent / "audit_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from obliviate.data.micro import load_bundled
+
+    benchmark = load_bundled()
+    half, whole = module.audit_data(benchmark, 0.5), module.audit_data(benchmark, 1.0)
+    assert whole.forget == benchmark.forget and whole.nonmembers == benchmark.nonmembers
+    forget_documents = {p.document_id for p in whole.forget}
+    assert len({p.document_id for p in half.forget}) == round(len(forget_documents) / 2)
+    assert all(p in whole.forget for p in half.forget)  # whole documents kept, each with all of its probes
+    assert {p.id for p in half.forget} == {p.id for p in whole.forget
+                                           if p.document_id in {q.document_id for q in half.forget}}
+    assert len(half.nonmembers) == round(len(whole.nonmembers) / 2)
