@@ -57,3 +57,25 @@ def test_logit_changing_generation_configs_are_batched_by_transformers(tiny_mode
     prompts = [p.input for p in bundled_probes["utility"][:6]]
     batched = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=4)
     assert batched == generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=1)
+
+
+def test_rows_that_end_early_give_their_places_to_the_next_prompts(tiny_model, tiny_tokenizer, bundled_probes):
+    """With an end token the model emits now and then, rows end at different steps and the next prompts take
+    their places mid-batch; every generation still equals the official one-at-a-time loop's."""
+    from collections import Counter
+
+    probes = bundled_probes["forget"][:8] + bundled_probes["utility"][:8]  # documents and questions mixed
+    prompts = [p.input for p in probes]
+    counts = Counter()
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tiny_tokenizer(prompt, return_tensors="pt").input_ids
+            out = tiny_model.generate(ids, max_new_tokens=16, do_sample=False,
+                                      pad_token_id=tiny_tokenizer.eos_token_id)[0, ids.shape[1]:].tolist()
+            counts.update(set(out[2:]))
+    tiny_model.generation_config.eos_token_id = [tiny_tokenizer.eos_token_id, counts.most_common(1)[0][0]]
+    sequential = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=16, batch_size=1)
+    lengths = {len(tiny_tokenizer(text).input_ids) for text in sequential}
+    assert len(lengths) > 2  # rows really end at different steps
+    for batch_size in (3, 5):
+        assert generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=16, batch_size=batch_size) == sequential

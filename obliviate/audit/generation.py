@@ -68,9 +68,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     """Greedy continuations of ``prompts``, in order.
 
     ``batch_size=1`` calls ``model.generate`` on each prompt: the official loop. Larger batches use
-    :func:`_greedy_batch`, which drops finished rows from the batch and its KV cache at every step, so a batch
-    costs what its live rows cost (with ``model.generate`` every row runs until the longest one ends). Models
-    whose generation config changes the logits (e.g. a repetition penalty) are batched with ``model.generate``.
+    :func:`_greedy_continuous`: up to ``batch_size`` rows decode together with a KV cache, a row leaves as soon
+    as it ends and the next prompts (longest first) take the free places, so one long continuation no longer
+    holds a whole batch. Models whose generation config changes the logits (e.g. a repetition penalty), or whose
+    cache is not a plain full-attention one, are batched with ``model.generate`` instead.
     """
     import torch
 
@@ -80,21 +81,26 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     config = greedy_config(model, tokenizer, max_new_tokens)
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
+    pad_id = pad_id_of(tokenizer)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+            if batch_size > 1 and is_plain_greedy(config) and _plain_cache(model):
+                def finished(index: int, tokens: list[int]) -> None:
+                    outputs[index] = official_decode(tokenizer, tokens)
+                    bar.update(1)
+
+                order = [i for batch in longest_first_batches([len(ids) for ids in encoded], len(encoded))
+                         for i in batch]
+                _greedy_continuous(model, [(i, encoded[i]) for i in order], config, batch_size, pad_id, device,
+                                   finished)
+                return outputs
             for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
-                                                          side="left")
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                if batch_size > 1 and is_plain_greedy(config):
-                    new_tokens = _greedy_batch(model, input_ids, attention_mask, config)
-                else:
-                    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                               generation_config=config)
-                    new_tokens = generated[:, input_ids.shape[1]:].tolist()
-                for i, tokens in zip(indices, new_tokens):
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id, side="left")
+                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                           generation_config=config)
+                for i, tokens in zip(indices, generated[:, input_ids.shape[1]:].tolist()):
                     outputs[i] = official_decode(tokenizer, tokens)
                 bar.update(len(indices))
     finally:
@@ -102,37 +108,102 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     return outputs
 
 
-def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch with a KV cache, dropping each row once it emits EOS."""
-    import torch
+def _plain_cache(model) -> bool:
+    """Whether the model's KV cache is full attention in every layer (rows of different lengths can then be
+    joined by left-padding their keys and values)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if hasattr(model, "make_cache"):  # a wrapper model (ULD) with a cache of its own: model.generate handles it
+        return False
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # a model whose config the cache cannot read: let model.generate handle it
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_size: int, pad_id: int, device,
+                       finished) -> None:
+    """Greedy decoding with a KV cache over at most ``batch_size`` live rows, refilled from ``queue``.
+
+    ``queue`` holds (index, prompt ids) in the order prompts enter; ``finished(index, new_tokens)`` is called
+    as each row ends (an end token, included as ``model.generate`` includes it, or ``max_new_tokens``). Every row sees exactly what it would see alone:
+    left padding is masked out, and positions count its real tokens only.
+    """
+    import torch
 
     eos = config.eos_token_id
     eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
-    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    live = list(range(input_ids.shape[0]))  # batch row -> original row
-    cache = DynamicCache(config=model.config)
-    # Positions count real tokens only, so a left-padded prompt is positioned as if it were alone.
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    for step in range(config.max_new_tokens):
+    limit = config.max_new_tokens
+    cache_name = cache_argument(model)
+    queue = list(reversed(queue))  # pop() takes the next prompt
+    rows: list[tuple[int, list[int]]] = []  # live rows: (index, new tokens so far)
+    cache = mask = positions = logits = None
+    while queue or rows:
+        if queue and len(rows) < batch_size:
+            # Fill the free places: prefill the next prompts as one left-padded batch and join them to the rest.
+            group = [queue.pop() for _ in range(min(batch_size - len(rows), len(queue)))]
+            group_ids, group_mask = pad_sequences([ids for _, ids in group], pad_id, side="left")
+            group_ids, group_mask = group_ids.to(device), group_mask.to(device)
+            group_positions = (group_mask.cumsum(-1) - 1).clamp(min=0)
+            group_cache = _new_cache(model)
+            group_logits = model(input_ids=group_ids, attention_mask=group_mask, position_ids=group_positions,
+                                 use_cache=True, logits_to_keep=1, **{cache_name: group_cache}).logits[:, -1]
+            if rows:
+                cache, mask = _join(cache, mask, group_cache, group_mask)
+                positions = torch.cat([positions, group_positions[:, -1:]])
+                logits = torch.cat([logits, group_logits])
+            else:
+                cache, mask, positions, logits = group_cache, group_mask, group_positions[:, -1:], group_logits
+            rows += [(index, []) for index, _ in group]
         next_tokens = logits.argmax(dim=-1)
         keep = []
         for row, token in enumerate(next_tokens.tolist()):
-            if token not in eos:
-                new_tokens[live[row]].append(token)
+            index, tokens = rows[row]
+            tokens.append(token)  # an end token too, as model.generate returns it (decoding skips special ones)
+            if token in eos or len(tokens) == limit:
+                finished(index, tokens)
+            else:
                 keep.append(row)
-        if not keep or step == config.max_new_tokens - 1:
-            break
-        if len(keep) < len(live):
-            selected = torch.tensor(keep, device=input_ids.device)
+        if not keep:
+            rows = []
+            continue
+        if len(keep) < len(rows):
+            selected = torch.tensor(keep, device=device)
             cache.batch_select_indices(selected)
-            attention_mask, position_ids, next_tokens = attention_mask[selected], position_ids[selected], \
-                next_tokens[selected]
-            live = [live[row] for row in keep]
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(live), 1))], dim=1)
-        position_ids = position_ids[:, -1:] + 1
-        logits = model(input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
-    return new_tokens
+            mask, positions, next_tokens = mask[selected], positions[selected], next_tokens[selected]
+            rows = [rows[row] for row in keep]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        positions = positions + 1
+        logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
+                       use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+
+def cache_argument(model) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in current transformers, ``past_key_values`` in
+    the 5.x releases before it (now deprecated there)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def _join(cache, mask, other, other_mask):
+    """Rows of two caches in one: the shorter side is left-padded (keys and values zero, masked out)."""
+    import torch
+    import torch.nn.functional as F
+
+    length, other_length = mask.shape[1], other_mask.shape[1]
+    pad, other_pad = max(0, other_length - length), max(0, length - other_length)
+    for layer, other_layer in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([F.pad(layer.keys, (0, 0, pad, 0)), F.pad(other_layer.keys, (0, 0, other_pad, 0))])
+        layer.values = torch.cat([F.pad(layer.values, (0, 0, pad, 0)),
+                                  F.pad(other_layer.values, (0, 0, other_pad, 0))])
+    mask = torch.cat([F.pad(mask, (pad, 0)), F.pad(other_mask, (other_pad, 0))])
+    return cache, mask
