@@ -59,6 +59,20 @@ def kl_divergence(reference_logits: torch.Tensor, policy_logits: torch.Tensor, l
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
+def uniform_kl(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled positions of KL(U || p), U uniform over the vocabulary: ULD's retain objective.
+
+    KL(U || p) = -log V - mean_v log p_v: the cross-entropy to U less its constant minimum log V, so it is 0 exactly
+    when p is uniform.
+    """
+    import math
+
+    mask = labels[:, 1:] != IGNORE_INDEX
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    per_token = -log_probs.mean(dim=-1) - math.log(log_probs.shape[-1])
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
 def simnpo_loss(policy_log_probs: torch.Tensor, lengths: torch.Tensor, beta: float, margin: float) -> torch.Tensor:
     """SimNPO (Fan et al., 2024, "Simplicity Prevails: Rethinking Negative Preference Optimization for LLM
     Unlearning"): ``-(2 / beta) * mean logsigmoid(-(beta / |y|) * log pi_theta(y|x) - margin)``.

@@ -9,6 +9,7 @@ import torch
 from obliviate.errors import InputError
 from obliviate.losses import adaptive_retain_weight, masked_mse
 from obliviate.methods import get_method, method_names
+from obliviate.models.wrappers import is_wrapper_model
 from obliviate.training import scope
 from obliviate.training.unlearn import plan, unlearn
 from tests.conftest import build_tiny_model
@@ -47,6 +48,18 @@ def test_lora_for_every_method(name, tiny_tokenizer, bundled_probes, tmp_path, m
     except InputError as error:  # a method that is an adapter itself (LoRANegation) refuses, naming the option
         assert error.field == "lora"
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+        return
+    if is_wrapper_model(result.model):  # ULD: the target untouched, its assistant's merged projections moved
+        assert all(torch.equal(before[n], p) for n, p in result.model.target.named_parameters())
+        assert base_before_merge and all(base_before_merge), "training changed a base weight under LoRA"
+        assistant = dict(result.model.assistant.named_parameters())
+        moved = {n for n, p in assistant.items() if not torch.equal(before[n], p)}
+        assert moved and all(n.endswith("proj.weight") for n in moved) and not any("lora" in n for n in assistant)
+        save_model(result.model, tiny_tokenizer, tmp_path / "model")
+        loaded = load_model(tmp_path / "model", device=None).model
+        ids = torch.tensor([[5, 6, 7, 8]])
+        with torch.no_grad():
+            assert torch.allclose(loaded(input_ids=ids).logits, result.model(input_ids=ids).logits, atol=1e-5)
         return
     after = dict(result.model.named_parameters())
     assert all(base_before_merge), "training changed a base weight under LoRA"

@@ -34,6 +34,8 @@ REGISTRY: dict[str, str] = {
     "AILSNTUA": "obliviate.methods.ails_ntua:AILSNTUA",
     "SHA256": "obliviate.methods.sha256:SHA256",
     "BaseTeacher": "obliviate.methods.base_teacher:BaseTeacher",
+    "WHP": "obliviate.methods.whp:WHP",
+    "ULD": "obliviate.methods.uld:ULD",
 }
 
 

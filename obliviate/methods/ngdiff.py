@@ -80,6 +80,7 @@ class NGDiff:
     # A sharp edge on the micro benchmark: 1e-4 changed little, 1.5e-4 collapsed it (utility 0.54).
     training_defaults = {"learning_rate": 1.25e-4, "max_steps": 60}
     training_runs = 1
+    weight_selection = ("prune", "l1_weight", "mask")  # its run is one plain train_with: all of them compose
 
     def __init__(self, config: NGDiffConfig):
         self.config = config

@@ -55,6 +55,9 @@ class TaskVector:
     # (utility 0.629, and 0.079 with negation_scale=3), lr 1e-4 left the target's scores unchanged.
     training_defaults = {"learning_rate": 3e-4, "max_steps": 20}
     training_runs = 1  # train_with calls, each of max_steps steps
+    # Options of training/sparsity.py that survive the negation: held zeros and masked weights have no task
+    # vector; an l1 term would shrink theta_ft, and the negation would turn that into growth.
+    weight_selection = ("prune", "mask")
 
     def __init__(self, config: TaskVectorConfig):
         self.config = config

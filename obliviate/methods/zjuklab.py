@@ -48,6 +48,9 @@ class ZJUKLAB:
     needs_reference = "logprobs"  # each NPO run computes its reference log-probs once
     training_defaults = {"learning_rate": 3e-4, "max_steps": 50}
     training_runs = 2  # train_with calls, each of max_steps steps
+    # Options of training/sparsity.py that survive the merge: both runs start from the same (pruned) weights and
+    # hold the same pattern, so their task vectors, and TIES' merge of them, are zero where the weights are held.
+    weight_selection = ("prune", "l1_weight", "mask")
 
     def __init__(self, config: ZJUKLABConfig):
         self.config = config

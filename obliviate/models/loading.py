@@ -1,4 +1,5 @@
-"""Loading any local Hugging Face causal-LM directory (or a directory holding one GGUF file) and saving one.
+"""Loading any local Hugging Face causal-LM directory (or a directory holding one GGUF file, or a wrapper directory:
+``obliviate.models.wrappers``) and saving one.
 
 The input directory is only ever read. Problems with it are reported as one-line ``InputError``s before any
 weights are read.
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import InputError
+from obliviate.models.wrappers import check_wrapper_dir, is_wrapper_dir, is_wrapper_model, load_wrapper, save_wrapper
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -30,6 +32,9 @@ def check_model_dir(path: str | Path) -> Path | None:
     path = Path(path)
     if not path.is_dir():
         raise InputError("model directory not found", path=path)
+    if is_wrapper_dir(path):  # models combined at inference (ULD): its parts are checked instead
+        check_wrapper_dir(path)
+        return None
     ggufs = sorted(path.glob("*.gguf"))
     if not (path / "config.json").is_file():
         if len(ggufs) == 1:
@@ -59,6 +64,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    if is_wrapper_dir(path):
+        return load_wrapper(path, dtype=dtype, device=device)
     gguf = check_model_dir(path)
     kwargs = {"gguf_file": gguf.name} if gguf else {}
     try:
@@ -86,7 +93,11 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
 
 
 def save_model(model, tokenizer, directory: str | Path) -> None:
-    """Write a normal Hugging Face checkpoint (safetensors) that ``load_model`` reads back."""
+    """Write a normal Hugging Face checkpoint (safetensors) that ``load_model`` reads back; a wrapper model (ULD)
+    as a wrapper directory of checkpoints."""
+    if is_wrapper_model(model):
+        save_wrapper(model, tokenizer, directory)
+        return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)

@@ -38,6 +38,16 @@ class TrainingConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = DEFAULT_LORA_TARGETS  # regex searched in module names: attention and MLP projections
+    # Which weights may move, for any method (obliviate/training/sparsity.py). prune: zero this fraction of the
+    # decoder layers' linear weights first (smallest |w|, one global threshold) and hold them at zero;
+    # l1_weight: add gamma_t * ||theta||_1 to the loss, gamma_t falling linearly from l1_weight to 0 over the run;
+    # mask: update only the mask_ratio fraction of the trainable weights with the largest WAGLE attribution
+    # |(theta - g_retain / mask_mu) * g_forget| (or |theta|, or at random); the others stay bit-identical.
+    prune: float = 0.0
+    l1_weight: float = 0.0
+    mask: Literal["none", "wagle", "random", "magnitude"] = "none"
+    mask_ratio: float = 0.8  # fraction of the trainable weights the mask lets move
+    mask_mu: float = 1e-6  # WAGLE's diagonal Hessian approximation mu * I of the retain loss
 
     def __post_init__(self):
         require_positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
@@ -49,3 +59,20 @@ class TrainingConfig:
         for field in ("train_params", "lora_targets"):
             if getattr(self, field) is not None:
                 compile_pattern(getattr(self, field), field)
+        if not 0 <= self.prune < 1:
+            raise InputError(f"must be in [0, 1) (the fraction of linear weights pruned), got {self.prune!r}",
+                             field="prune")
+        require_non_negative(self, "l1_weight")
+        if not 0 < self.mask_ratio <= 1:
+            raise InputError(f"must be in (0, 1] (the fraction of weights updated), got {self.mask_ratio!r}",
+                             field="mask_ratio")
+        require_positive(self, "mask_mu")
+        if self.lora:
+            # LoRA trains adapters on frozen base weights, and their merged update B A is dense.
+            why = {"prune": "the merged adapter update is dense and would refill the pruned weights",
+                   "l1_weight": "the trained parameters would be the adapters, not the model's weights",
+                   "mask": "a mask selects base weights, and LoRA freezes them all"}
+            for field, on in (("prune", self.prune > 0), ("l1_weight", self.l1_weight > 0),
+                              ("mask", self.mask != "none")):
+                if on:
+                    raise InputError(f"does not compose with lora=true ({why[field]}): set lora=false", field=field)

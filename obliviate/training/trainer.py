@@ -13,9 +13,10 @@ from transformers import Trainer
 
 
 class UnlearningTrainer(Trainer):
-    def __init__(self, *args, method, reference_model=None, base_model=None, **kwargs):
+    def __init__(self, *args, method, reference_model=None, base_model=None, l1_weight: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.method = method
+        self.l1_weight = l1_weight  # l1-sparse unlearning (training/sparsity.py): gamma_t * ||theta||_1 is added
         self.reference_model = reference_model
         self.base_model = self._prepare_frozen(base_model) if base_model is not None else None
         self._metric_sums: dict[str, float] = defaultdict(float)
@@ -36,6 +37,13 @@ class UnlearningTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         extra = {"base_model": self.base_model} if self.base_model is not None else {}
         loss, metrics = self.method.loss(model, inputs, self.reference_model, **extra)
+        if self.l1_weight:
+            from obliviate.training.sparsity import l1_coefficient, l1_norm
+
+            coefficient = l1_coefficient(self.l1_weight, self.state.global_step, self.state.max_steps)
+            norm = l1_norm(p for p in model.parameters() if p.requires_grad)
+            loss = loss + coefficient * norm
+            metrics = {**metrics, "l1_coefficient": coefficient, "l1_norm": norm.item()}
         for name, value in metrics.items():
             self._metric_sums[name] += value
         self._metric_count += 1

@@ -39,6 +39,13 @@ def plan(method: str, values: dict[str, Any] | None = None, source: str = "comma
     routed = split_values(values or {}, {"method": method_cls.Config, "training": TrainingConfig}, source)
     method_config = _build(method_cls.Config, routed["method"], source)
     training = _build(TrainingConfig, {**method_cls.training_defaults, **routed["training"]}, source)
+    if training.prune > 0 or training.l1_weight > 0 or training.mask != "none":
+        from obliviate.training.sparsity import check_composes
+
+        try:
+            check_composes(method_cls, training)
+        except InputError as error:
+            raise InputError(error.message, path=source, field=error.field) from None
     return Plan(method_name=name, method_config=method_config, training=training)
 
 
@@ -70,9 +77,27 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     memory = open_window(device())  # where the trainer will put the model, wherever it is now
     started = time.time()
     if hasattr(method, "run"):
+        settings = run_plan.training
+        if settings.prune > 0:
+            from obliviate.training.sparsity import prune_by_magnitude
+
+            # Before the procedure snapshots the weights, so what it restores and subtracts is the pruned model;
+            # each train_with inside prunes again, which changes nothing, and holds the pattern.
+            prune_by_magnitude(model, settings.prune)
         # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
         # its result in `model`; its record reports the total optimizer steps as "steps".
-        record = method.run(model, tokenizer, forget, retain, run_plan.training, reference_loader, progress)
+        record = method.run(model, tokenizer, forget, retain, settings, reference_loader, progress)
+        if isinstance(record, tuple):
+            # A procedure whose result is a new model object returns it with its record: ULD's wrapper, the
+            # untouched target combined with a trained assistant (obliviate.models.wrappers).
+            model, record = record
+        record.setdefault("weight_selection", {"prune": settings.prune, "l1_weight": settings.l1_weight,
+                                               "mask": settings.mask})
+        if settings.prune > 0:
+            from obliviate.training.sparsity import zero_fraction
+
+            # After the procedure's own edit of the weights, which is what is saved.
+            record["weight_selection"]["sparsity_reached"] = zero_fraction(model)
     else:
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
                             reference_loader=reference_loader, base_loader=base_loader, progress=progress)
@@ -96,6 +121,9 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     name = type(method).__name__
     if method.needs_retain and not retain:
         raise InputError(f"{name} needs a retain set", field="retain")
+    if settings.mask == "wagle" and not retain:
+        raise InputError("mask=wagle needs a retain set: the attribution uses the retain loss's gradient",
+                         field="retain")
     torch.manual_seed(settings.seed)
     forget_examples = encode_probes(tokenizer, forget, settings.max_length, settings.loss_on)
     retain_examples = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on) \
@@ -109,6 +137,11 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         refusal_loss_on = "output" if settings.loss_on == "auto" else settings.loss_on
         refusal_examples = encode_probes(tokenizer, refusal_probes(forget), settings.max_length, refusal_loss_on)
     pad_id = pad_id_of(tokenizer)
+    zeros = {}
+    if settings.prune > 0:  # before the reference log-probs: unlearning starts from, and refers to, the pruned model
+        from obliviate.training.sparsity import prune_by_magnitude
+
+        zeros = prune_by_magnitude(model, settings.prune)
     reference_model = None
     if method.needs_reference == "logprobs":
         attach_reference_log_probs(model, forget_examples, pad_id)
@@ -131,6 +164,19 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     scope = apply_scope(model, settings, getattr(method, "default_train_layers", None))
     if method.needs_reference == "model":
         reference_model = scope.reference if scope.reference is not None else reference_loader()
+        if zeros:
+            from obliviate.training.sparsity import hold_zeros
+
+            hold_zeros(reference_model, zeros)
+    held, selection = None, {"prune": settings.prune, "l1_weight": settings.l1_weight, "mask": settings.mask}
+    if zeros or settings.mask != "none":
+        from obliviate.training.sparsity import hold_weights
+
+        attribution_retain = retain_examples
+        if settings.mask == "wagle" and attribution_retain is None:
+            attribution_retain = encode_probes(tokenizer, retain, settings.max_length, settings.loss_on)
+        held, measured = hold_weights(scope.model, settings, zeros, forget_examples, attribution_retain, pad_id)
+        selection.update(measured)
 
     model.train()
     use_cpu = not torch.cuda.is_available()
@@ -139,7 +185,8 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             output_dir=scratch, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             learning_rate=settings.learning_rate, lr_scheduler_type=scheduler_type(settings),
-            warmup_steps=settings.warmup_steps, weight_decay=settings.weight_decay,
+            warmup_steps=settings.warmup_steps,
+            weight_decay=0.0 if held is not None else settings.weight_decay,  # held weights: decay is held's
             max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed,
             data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), save_strategy="no",
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
@@ -154,14 +201,26 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         trainer = UnlearningTrainer(
             model=scope.model, args=args, train_dataset=dataset,
             data_collator=PairedCollator(pad_id), method=method, reference_model=reference_model,
-            base_model=base_model,
+            base_model=base_model, l1_weight=settings.l1_weight,
         )
         _quiet_log_printing(trainer)
+        if held is not None:
+            if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+                raise InputError("prune and mask hold weights by name and element, which FSDP and DeepSpeed "
+                                 "shard: run them under plain data parallelism", field="prune" if zeros else "mask")
+            held.decay_names = [n for n in trainer.get_decay_parameter_names(scope.model) if n in held.parameters]
+            trainer.add_callback(held)
         try:
             output = trainer.train()
         finally:
+            if held is not None:
+                held.remove()
             scope.finish()  # merges LoRA adapters into the weights, restores the caller's requires_grad flags
     model.eval()
+    if zeros:
+        from obliviate.training.sparsity import zero_fraction
+
+        selection["sparsity_reached"] = zero_fraction(model)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     record = {
         "steps": int(output.global_step),
@@ -169,6 +228,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "log_history": history,
         "world_size": args.world_size,
         "scope": scope.record,
+        "weight_selection": selection,
     }
     del reference_model, base_model, trainer
     return record

@@ -1,0 +1,147 @@
+"""Wrapper models: an unlearning result that is not one set of weights but models combined at inference (ULD: the
+target and an assistant whose logits are subtracted). A wrapper is saved as a directory that ``load_model`` reads
+like any checkpoint, so ``evaluate``, ``audit``, the attacks and the demo score it as they score a fine-tuned model.
+
+Directory layout::
+
+    obliviate_wrapper.json   {"obliviate_wrapper": 1, "kind": "ULD", "parts": ["target", "assistant"],
+                              "options": {...the kind's inference options...}}
+    target/, assistant/      one ordinary Hugging Face checkpoint per part (config, weights, tokenizer)
+    tokenizer files          the tokenizer, also at the top level
+
+A wrapper model class (one per kind, registered in ``KINDS`` by a lazy import path) is a causal LM to its callers
+(``forward`` returns ``.logits``, ``generate`` works) and has:
+
+* ``wrapper_kind``: its registry key;
+* ``wrapper_parts()``: ``{name: model}``, the checkpoints to save, each in the sub-directory ``name``;
+* ``wrapper_options()``: the JSON-able inference options written to the marker;
+* ``from_parts(parts, options)``: a classmethod that rebuilds it from loaded parts, validating the options;
+* optionally ``make_cache()``: the KV cache its forward expects (see ``new_cache``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from obliviate.config import suggest
+from obliviate.errors import InputError
+
+MARKER = "obliviate_wrapper.json"
+FORMAT_VERSION = 1
+
+# kind -> "module:Class", imported only when a directory of that kind is loaded.
+KINDS: dict[str, str] = {
+    "ULD": "obliviate.methods.uld.model:ULDModel",
+}
+
+
+def is_wrapper_dir(path: str | Path) -> bool:
+    return (Path(path) / MARKER).is_file()
+
+
+def is_wrapper_model(model) -> bool:
+    return getattr(model, "wrapper_kind", None) is not None
+
+
+def wrapper_class(kind: str, path: str | Path | None = None) -> type:
+    if kind not in KINDS:
+        raise InputError(f"unknown wrapper kind {kind!r}{suggest(kind, KINDS)} (known: {', '.join(KINDS)})",
+                         path=path, field="kind")
+    module_name, _, class_name = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def read_marker(path: str | Path) -> dict[str, Any]:
+    """The marker of a wrapper directory, checked: a known kind, its parts, an options mapping."""
+    marker = Path(path) / MARKER
+    try:
+        record = json.loads(marker.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"malformed JSON ({error.msg})", path=marker, line=error.lineno) from None
+    if not isinstance(record, dict):
+        raise InputError("expected a JSON object", path=marker)
+    if record.get("obliviate_wrapper") != FORMAT_VERSION:
+        raise InputError(f"unsupported wrapper format {record.get('obliviate_wrapper')!r} (this obliviate reads "
+                         f"{FORMAT_VERSION})", path=marker, field="obliviate_wrapper")
+    if not isinstance(record.get("kind"), str):
+        raise InputError("missing the wrapper kind", path=marker, field="kind")
+    wrapper_class(record["kind"], marker)  # an unknown kind fails here, with the near names
+    parts = record.get("parts")
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) and p for p in parts):
+        raise InputError("expected a list of part directory names", path=marker, field="parts")
+    if not isinstance(record.get("options", {}), dict):
+        raise InputError("expected a mapping of options", path=marker, field="options")
+    return record
+
+
+def check_wrapper_dir(path: str | Path) -> dict[str, Any]:
+    """Validate a wrapper directory (marker, every part, the top-level tokenizer) before any weights are read."""
+    from obliviate.models.loading import TOKENIZER_FILES, check_model_dir
+
+    path = Path(path)
+    record = read_marker(path)
+    for part in record["parts"]:
+        if check_model_dir(path / part) is not None:
+            raise InputError(f"wrapper part {part!r} must be a Hugging Face checkpoint, not GGUF", path=path / part)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)", path=path)
+    return record
+
+
+def save_wrapper(model, tokenizer, directory: str | Path) -> None:
+    """Write ``model``'s parts, the tokenizer and the marker (last: a directory without it is no wrapper)."""
+    from obliviate.io import write_json_atomic
+    from obliviate.models.loading import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = model.wrapper_parts()
+    for name, part in parts.items():
+        save_model(part, tokenizer, directory / name)
+    tokenizer.save_pretrained(directory)
+    write_json_atomic(directory / MARKER, {"obliviate_wrapper": FORMAT_VERSION, "kind": model.wrapper_kind,
+                                           "parts": list(parts), "options": model.wrapper_options()})
+
+
+def load_wrapper(path: str | Path, *, dtype: str = "float32", device: str | None = None):
+    """A ``LoadedModel`` holding the wrapper rebuilt from its parts (each loaded like any checkpoint)."""
+    from transformers import AutoTokenizer
+
+    from obliviate.models.loading import LoadedModel, load_model
+
+    path = Path(path)
+    record = check_wrapper_dir(path)
+    cls = wrapper_class(record["kind"], path / MARKER)
+    parts = {name: load_model(path / name, dtype=dtype, device=device).model for name in record["parts"]}
+    try:
+        model = cls.from_parts(parts, record.get("options", {}))
+    except InputError as error:  # a bad option: say which file it came from
+        raise InputError(error.message, path=path / MARKER, field=error.field) from None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path)
+
+
+def new_cache(model):
+    """An empty KV cache for ``model``'s forward: the wrapper's own kind (one cache per part) or a DynamicCache."""
+    if hasattr(model, "make_cache"):
+        return model.make_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def cache_argument() -> str:
+    """The keyword under which this transformers version passes a KV cache (``cache`` from 5.2x on, before that
+    ``past_key_values``)."""
+    import inspect
+
+    from transformers import GenerationMixin
+
+    parameters = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
