@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", metavar="DIR", help="write results.json, report.md, scores.png and the "
                                                    "per-model evaluations here")
     demo.add_argument("--methods", default=None,
-                      help="comma-separated methods to run, or 'all' for every registered method (default: "
+                      help="comma-separated methods to run, each NAME or NAME:key=value:... with options changed "
+                           "(e.g. GradDiff:prune=0.5), or 'all' for every registered method (default: "
                            f"{','.join(DEFAULT_METHODS)})")
     demo.add_argument("--cache-dir", metavar="DIR",
                       help="where trained targets and oracles are kept (default $OBLIVIATE_CACHE_DIR or "

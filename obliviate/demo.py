@@ -53,13 +53,13 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
 
     if out is not None:
         check_output_dir(out, overwrite)
-    plans = {name: plan(name) for name in methods}  # validate every method before any training
+    plans = {entry: method_entry(entry) for entry in methods}  # validate every method before any training
     if mmlu:
         from obliviate.data.mmlu import subjects
 
         subjects(mmlu)  # validates the layout before any training
     base_dir = resolve_base(base)
-    needs_base = [name for name in plans if base_dir is None and _needs_base(name)]
+    needs_base = [name for name, run_plan in plans.items() if base_dir is None and _needs_base(run_plan.method_name)]
     if needs_base:
         from obliviate.errors import InputError
 
@@ -135,6 +135,16 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         _write_outputs(Path(out), overwrite, rows, runs, evaluations, benchmark, command, notes, aims)
         log(f"wrote {out}/results.json and {out}/report.md")
     return rows
+
+
+def method_entry(entry: str):
+    """A method with options changed: ``NAME`` or ``NAME:key=value:key=value`` (``GradDiff:prune=0.5``), planned
+    and validated; the entry is the row's name."""
+    from obliviate.config import parse_key_values
+    from obliviate.training.unlearn import plan
+
+    name, *options = entry.split(":")
+    return plan(name, parse_key_values(options, source=f"--methods {entry}"), source=f"--methods {entry}")
 
 
 def _needs_base(name: str) -> bool:

@@ -164,3 +164,16 @@ def test_loss_on_auto_takes_answers_of_questions_and_whole_documents(tiny_tokeni
     whole = encode_probes(tiny_tokenizer, [document], 512, "all")[0]
     assert auto[0]["labels"] == output["labels"] and auto[0]["labels"][0] == IGNORE_INDEX
     assert auto[1]["labels"] == whole["labels"] == whole["input_ids"]
+
+
+def test_demo_method_entries_carry_options():
+    from obliviate.demo import method_entry
+
+    assert method_entry("GradDiff").training.prune == 0.0
+    pruned = method_entry("GradDiff:prune=0.5:learning_rate=3e-4")
+    assert pruned.method_name == "GradDiff" and pruned.training.prune == 0.5
+    assert pruned.training.learning_rate == 3e-4
+    with pytest.raises(InputError, match="--methods GradDiff:prune=2.*prune"):
+        method_entry("GradDiff:prune=2")
+    with pytest.raises(InputError, match="expected key=value"):
+        method_entry("GradDiff:prune")
