@@ -379,6 +379,11 @@ def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=No
         for i, template in enumerate(PARAPHRASE_TEMPLATES)}, "templates": list(PARAPHRASE_TEMPLATES)}
     result["in_context_prefix"] = {"before": plain, "after": scores(model, with_document_prefix(data.forget,
                                                                                                 tokenizer))}
+    from obliviate.methods.eco.audit import audit_block
+
+    eco = audit_block(model, tokenizer, data, settings)  # ECO: what its prompt gate flags, and at what cost
+    if eco is not None:
+        result["eco"] = eco
     return result
 
 

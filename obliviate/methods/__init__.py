@@ -36,6 +36,7 @@ REGISTRY: dict[str, str] = {
     "BaseTeacher": "obliviate.methods.base_teacher:BaseTeacher",
     "WHP": "obliviate.methods.whp:WHP",
     "ULD": "obliviate.methods.uld:ULD",
+    "ECO": "obliviate.methods.eco:ECO",
 }
 
 

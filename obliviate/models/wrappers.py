@@ -16,6 +16,8 @@ A wrapper model class (one per kind, registered in ``KINDS`` by a lazy import pa
 * ``wrapper_parts()``: ``{name: model}``, the checkpoints to save, each in the sub-directory ``name``;
 * ``wrapper_options()``: the JSON-able inference options written to the marker;
 * ``from_parts(parts, options)``: a classmethod that rebuilds it from loaded parts, validating the options;
+* optionally ``save_wrapper_files(directory)`` and ``load_wrapper_files(directory, tokenizer)``: files of its own
+  beside the parts (ECO's prompt classifier), written before the marker and read after ``from_parts``;
 * optionally ``make_cache()``: the KV cache its forward expects (see ``new_cache``).
 """
 
@@ -35,6 +37,7 @@ FORMAT_VERSION = 1
 # kind -> "module:Class", imported only when a directory of that kind is loaded.
 KINDS: dict[str, str] = {
     "ULD": "obliviate.methods.uld.model:ULDModel",
+    "ECO": "obliviate.methods.eco.model:ECOModel",
 }
 
 
@@ -102,6 +105,8 @@ def save_wrapper(model, tokenizer, directory: str | Path) -> None:
     for name, part in parts.items():
         save_model(part, tokenizer, directory / name)
     tokenizer.save_pretrained(directory)
+    if hasattr(model, "save_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
+        model.save_wrapper_files(directory)
     write_json_atomic(directory / MARKER, {"obliviate_wrapper": FORMAT_VERSION, "kind": model.wrapper_kind,
                                            "parts": list(parts), "options": model.wrapper_options()})
 
@@ -123,6 +128,8 @@ def load_wrapper(path: str | Path, *, dtype: str = "float32", device: str | None
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if hasattr(model, "load_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
+        model.load_wrapper_files(path, tokenizer)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, path=path)
 
