@@ -128,8 +128,9 @@ def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_
     """Greedy decoding with a KV cache over at most ``batch_size`` live rows, refilled from ``queue``.
 
     ``queue`` holds (index, prompt ids) in the order prompts enter; ``finished(index, new_tokens)`` is called
-    as each row ends (an end token, included as ``model.generate`` includes it, or ``max_new_tokens``). Every row sees exactly what it would see alone:
-    left padding is masked out, and positions count its real tokens only.
+    as each row ends (an end token, included as ``model.generate`` includes it, or ``max_new_tokens``). Every
+    row sees exactly what it would see alone: left padding is masked out, and positions count its real tokens
+    only.
     """
     import torch
 
@@ -140,8 +141,10 @@ def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_
     queue = list(reversed(queue))  # pop() takes the next prompt
     rows: list[tuple[int, list[int]]] = []  # live rows: (index, new tokens so far)
     cache = mask = positions = logits = None
+    # A prefill is a forward pass of its own: wait until a quarter of the places are free to fill them together.
+    refill_at = batch_size - max(1, batch_size // 4)
     while queue or rows:
-        if queue and len(rows) < batch_size:
+        if queue and len(rows) <= refill_at:
             # Fill the free places: prefill the next prompts as one left-padded batch and join them to the rest.
             group = [queue.pop() for _ in range(min(batch_size - len(rows), len(queue)))]
             group_ids, group_mask = pad_sequences([ids for _, ids in group], pad_id, side="left")
@@ -157,6 +160,7 @@ def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_
             else:
                 cache, mask, positions, logits = group_cache, group_mask, group_positions[:, -1:], group_logits
             rows += [(index, []) for index, _ in group]
+            cache, mask = _trim(cache, mask)
         next_tokens = logits.argmax(dim=-1)
         keep = []
         for row, token in enumerate(next_tokens.tolist()):
@@ -174,6 +178,7 @@ def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_
             cache.batch_select_indices(selected)
             mask, positions, next_tokens = mask[selected], positions[selected], next_tokens[selected]
             rows = [rows[row] for row in keep]
+            cache, mask = _trim(cache, mask)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         positions = positions + 1
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
@@ -192,6 +197,17 @@ def _new_cache(model):
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
+
+
+def _trim(cache, mask):
+    """Drop the leading columns that are padding in every live row (the row that needed them has left), so a
+    step costs what the longest live row needs."""
+    first = int(mask.any(dim=0).int().argmax())
+    if first == 0:
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+    return cache, mask[:, first:]
 
 
 def _join(cache, mask, other, other_mask):
