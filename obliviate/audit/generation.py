@@ -8,6 +8,7 @@ every prompt ends where generation starts, and restores the input order. ``batch
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
@@ -165,15 +166,21 @@ def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_
         keep = []
         for row, token in enumerate(next_tokens.tolist()):
             index, tokens = rows[row]
+            if index is None:  # a row that ended: it rides along until the batch is compacted
+                continue
             tokens.append(token)  # an end token too, as model.generate returns it (decoding skips special ones)
             if token in eos or len(tokens) == limit:
                 finished(index, tokens)
+                rows[row] = (None, tokens)
             else:
                 keep.append(row)
         if not keep:
             rows = []
             continue
-        if len(keep) < len(rows):
+        # Removing rows copies the whole cache; ended rows stay (their outputs ignored) until a quarter of the
+        # batch has ended or free places can be refilled.
+        if len(keep) < len(rows) and (len(rows) - len(keep) >= max(1, len(rows) // 4)
+                                      or (queue and len(keep) <= refill_at)):
             selected = torch.tensor(keep, device=device)
             cache.batch_select_indices(selected)
             mask, positions, next_tokens = mask[selected], positions[selected], next_tokens[selected]
@@ -194,9 +201,46 @@ def cache_argument(model) -> str:
 
 
 def _new_cache(model):
+    """A full-attention KV cache whose layers grow in place (``_GrowingLayer``)."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_growing_layer_class()() for _ in cache.layers]
+    return cache
+
+
+@functools.cache
+def _growing_layer_class():
+    """transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``, a copy of the whole
+    cache per step, which costs more than the step's attention for small models. This one keeps them as views of
+    buffers with room to spare and writes a step in place; it copies only when the buffer is full or the layer's
+    tensors were replaced (rows removed, padding trimmed, caches joined)."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        spare = 64
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.keys.shape[-2] if self.keys.numel() else 0
+            end = length + key_states.shape[-2]
+            owned = getattr(self, "_owned", None)
+            if self.keys is not owned or end > self._key_buffer.shape[-2]:
+                shape = (*key_states.shape[:-2], end + self.spare, key_states.shape[-1])
+                self._key_buffer = key_states.new_empty(shape)
+                self._value_buffer = value_states.new_empty((*shape[:-1], value_states.shape[-1]))
+                if length:
+                    self._key_buffer[..., :length, :] = self.keys
+                    self._value_buffer[..., :length, :] = self.values
+            self._key_buffer[..., length:end, :] = key_states
+            self._value_buffer[..., length:end, :] = value_states
+            self.keys, self.values = self._key_buffer[..., :end, :], self._value_buffer[..., :end, :]
+            self._owned = self.keys
+            return self.keys, self.values
+
+    return GrowingLayer
 
 
 def _trim(cache, mask):
