@@ -1,6 +1,7 @@
 """Throughput of batched greedy generation against the official one-at-a-time loop, on the same probes.
 
 Usage: python bench/generation_throughput.py [--model DIR] [--batch-size 16] [--probes 60] [--rounds 2]
+                                           [--sets forget,retain]
 
 Default models: the micro benchmark's target and oracle (trained once and cached, see `obliviate micro`). The
 target has memorised the probes and stops after a few tokens; the oracle never saw the forget set and, like an
@@ -23,6 +24,9 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=60, help="forget + retain probes to generate for")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sets", default="forget,retain",
+                        help="benchmark sets the probes come from, in order (e.g. utility: questions the models "
+                             "never trained on, whose answers run longer)")
     args = parser.parse_args()
 
     import torch
@@ -38,7 +42,8 @@ def main() -> None:
     else:
         micro = build_micro_models(benchmark)
         models = {"micro target": (micro.target, micro.tokenizer), "micro oracle": (micro.oracle, micro.tokenizer)}
-    prompts = [p.input for p in (benchmark.forget + benchmark.retain)[: args.probes]]
+    pool = [p for name in args.sets.split(",") for p in getattr(benchmark, name)]
+    prompts = [p.input for p in pool[: args.probes]]
     for name, (model, tokenizer) in models.items():
         print(f"== {name}: device={next(model.parameters()).device} threads={torch.get_num_threads()} "
               f"probes={len(prompts)} max_new_tokens={args.max_new_tokens} batch_size={args.batch_size}")

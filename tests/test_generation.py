@@ -59,9 +59,9 @@ def test_logit_changing_generation_configs_are_batched_by_transformers(tiny_mode
     assert batched == generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=1)
 
 
-def test_rows_that_end_early_give_their_places_to_the_next_prompts(tiny_model, tiny_tokenizer, bundled_probes):
-    """With an end token the model emits now and then, rows end at different steps and the next prompts take
-    their places mid-batch; every generation still equals the official one-at-a-time loop's."""
+def test_rows_that_end_early_leave_the_batch(tiny_model, tiny_tokenizer, bundled_probes):
+    """With an end token the model emits now and then, rows end at different steps and are dropped mid-batch
+    (with the padding columns no live row needs); every generation still equals the official loop's."""
     from collections import Counter
 
     probes = bundled_probes["forget"][:8] + bundled_probes["utility"][:8]  # documents and questions mixed

@@ -69,10 +69,9 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     """Greedy continuations of ``prompts``, in order.
 
     ``batch_size=1`` calls ``model.generate`` on each prompt: the official loop. Larger batches use
-    :func:`_greedy_continuous`: up to ``batch_size`` rows decode together with a KV cache, a row leaves as soon
-    as it ends and the next prompts (longest first) take the free places, so one long continuation no longer
-    holds a whole batch. Models whose generation config changes the logits (e.g. a repetition penalty), or whose
-    cache is not a plain full-attention one, are batched with ``model.generate`` instead.
+    :func:`_greedy_batch`, which decodes a batch with a KV cache that grows in place and drops rows as they end,
+    so a batch costs what its live rows cost. Models whose generation config changes the logits (e.g. a
+    repetition penalty), or whose cache is not a plain full-attention one, are batched with ``model.generate``.
     """
     import torch
 
@@ -82,26 +81,22 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     config = greedy_config(model, tokenizer, max_new_tokens)
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
-    pad_id = pad_id_of(tokenizer)
+    own_loop = batch_size > 1 and is_plain_greedy(config) and _plain_cache(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
-            if batch_size > 1 and is_plain_greedy(config) and _plain_cache(model):
-                def finished(index: int, tokens: list[int]) -> None:
-                    outputs[index] = official_decode(tokenizer, tokens)
-                    bar.update(1)
-
-                order = [i for batch in longest_first_batches([len(ids) for ids in encoded], len(encoded))
-                         for i in batch]
-                _greedy_continuous(model, [(i, encoded[i]) for i in order], config, batch_size, pad_id, device,
-                                   finished)
-                return outputs
             for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id, side="left")
-                generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                           generation_config=config)
-                for i, tokens in zip(indices, generated[:, input_ids.shape[1]:].tolist()):
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
+                                                          side="left")
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                if own_loop:
+                    new_tokens = _greedy_batch(model, input_ids, attention_mask, config)
+                else:
+                    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                               generation_config=config)
+                    new_tokens = generated[:, input_ids.shape[1]:].tolist()
+                for i, tokens in zip(indices, new_tokens):
                     outputs[i] = official_decode(tokenizer, tokens)
                 bar.update(len(indices))
     finally:
@@ -110,8 +105,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 
 def _plain_cache(model) -> bool:
-    """Whether the model's KV cache is full attention in every layer (rows of different lengths can then be
-    joined by left-padding their keys and values)."""
+    """Whether the model's KV cache is full attention in every layer (what :func:`_greedy_batch` handles)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -124,67 +118,45 @@ def _plain_cache(model) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _greedy_continuous(model, queue: list[tuple[int, list[int]]], config, batch_size: int, pad_id: int, device,
-                       finished) -> None:
-    """Greedy decoding with a KV cache over at most ``batch_size`` live rows, refilled from ``queue``.
+def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with a KV cache; each row ends at an end token (included, as
+    ``model.generate`` includes it) or at ``max_new_tokens``. Every row sees exactly what it would see alone:
+    left padding is masked out, and positions count its real tokens only.
 
-    ``queue`` holds (index, prompt ids) in the order prompts enter; ``finished(index, new_tokens)`` is called
-    as each row ends (an end token, included as ``model.generate`` includes it, or ``max_new_tokens``). Every
-    row sees exactly what it would see alone: left padding is masked out, and positions count its real tokens
-    only.
+    Removing a row copies the whole cache, so rows that ended ride along (their outputs ignored) until a quarter
+    of the batch has ended; then they are dropped, with the padding columns no live row needs any more.
     """
     import torch
 
     eos = config.eos_token_id
     eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
-    limit = config.max_new_tokens
+    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    rows = list(range(input_ids.shape[0]))  # batch row -> original row, None once it has ended
     cache_name = cache_argument(model)
-    queue = list(reversed(queue))  # pop() takes the next prompt
-    rows: list[tuple[int, list[int]]] = []  # live rows: (index, new tokens so far)
-    cache = mask = positions = logits = None
-    # A prefill is a forward pass of its own: wait until a quarter of the places are free to fill them together.
-    refill_at = batch_size - max(1, batch_size // 4)
-    while queue or rows:
-        if queue and len(rows) <= refill_at:
-            # Fill the free places: prefill the next prompts as one left-padded batch and join them to the rest.
-            group = [queue.pop() for _ in range(min(batch_size - len(rows), len(queue)))]
-            group_ids, group_mask = pad_sequences([ids for _, ids in group], pad_id, side="left")
-            group_ids, group_mask = group_ids.to(device), group_mask.to(device)
-            group_positions = (group_mask.cumsum(-1) - 1).clamp(min=0)
-            group_cache = _new_cache(model)
-            group_logits = model(input_ids=group_ids, attention_mask=group_mask, position_ids=group_positions,
-                                 use_cache=True, logits_to_keep=1, **{cache_name: group_cache}).logits[:, -1]
-            if rows:
-                cache, mask = _join(cache, mask, group_cache, group_mask)
-                positions = torch.cat([positions, group_positions[:, -1:]])
-                logits = torch.cat([logits, group_logits])
-            else:
-                cache, mask, positions, logits = group_cache, group_mask, group_positions[:, -1:], group_logits
-            rows += [(index, []) for index, _ in group]
-            cache, mask = _trim(cache, mask)
+    cache = _new_cache(model)
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1, **{cache_name: cache}).logits[:, -1]
+    mask, positions = attention_mask, positions[:, -1:]
+    while True:
         next_tokens = logits.argmax(dim=-1)
-        keep = []
+        live = []
         for row, token in enumerate(next_tokens.tolist()):
-            index, tokens = rows[row]
-            if index is None:  # a row that ended: it rides along until the batch is compacted
+            original = rows[row]
+            if original is None:
                 continue
-            tokens.append(token)  # an end token too, as model.generate returns it (decoding skips special ones)
-            if token in eos or len(tokens) == limit:
-                finished(index, tokens)
-                rows[row] = (None, tokens)
+            new_tokens[original].append(token)
+            if token in eos or len(new_tokens[original]) == config.max_new_tokens:
+                rows[row] = None
             else:
-                keep.append(row)
-        if not keep:
-            rows = []
-            continue
-        # Removing rows copies the whole cache; ended rows stay (their outputs ignored) until a quarter of the
-        # batch has ended or free places can be refilled.
-        if len(keep) < len(rows) and (len(rows) - len(keep) >= max(1, len(rows) // 4)
-                                      or (queue and len(keep) <= refill_at)):
-            selected = torch.tensor(keep, device=device)
+                live.append(row)
+        if not live:
+            return new_tokens
+        if len(rows) - len(live) >= max(1, len(rows) // 4):
+            selected = torch.tensor(live, device=input_ids.device)
             cache.batch_select_indices(selected)
             mask, positions, next_tokens = mask[selected], positions[selected], next_tokens[selected]
-            rows = [rows[row] for row in keep]
+            rows = [rows[row] for row in live]
             cache, mask = _trim(cache, mask)
         mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
         positions = positions + 1
@@ -214,8 +186,7 @@ def _growing_layer_class():
     """transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``, a copy of the whole
     cache per step, which costs more than the step's attention for small models. This one keeps them as views of
     buffers with room to spare and writes a step in place; it copies only when the buffer is full or the layer's
-    tensors were replaced (rows removed, padding trimmed, caches joined)."""
-    import torch
+    tensors were replaced (rows removed, padding trimmed)."""
     from transformers.cache_utils import DynamicLayer
 
     class GrowingLayer(DynamicLayer):
@@ -252,18 +223,3 @@ def _trim(cache, mask):
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
     return cache, mask[:, first:]
-
-
-def _join(cache, mask, other, other_mask):
-    """Rows of two caches in one: the shorter side is left-padded (keys and values zero, masked out)."""
-    import torch
-    import torch.nn.functional as F
-
-    length, other_length = mask.shape[1], other_mask.shape[1]
-    pad, other_pad = max(0, other_length - length), max(0, length - other_length)
-    for layer, other_layer in zip(cache.layers, other.layers):
-        layer.keys = torch.cat([F.pad(layer.keys, (0, 0, pad, 0)), F.pad(other_layer.keys, (0, 0, other_pad, 0))])
-        layer.values = torch.cat([F.pad(layer.values, (0, 0, pad, 0)),
-                                  F.pad(other_layer.values, (0, 0, other_pad, 0))])
-    mask = torch.cat([F.pad(mask, (pad, 0)), F.pad(other_mask, (other_pad, 0))])
-    return cache, mask
