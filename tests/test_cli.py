@@ -163,3 +163,18 @@ def test_help_explains_every_option(command):
     assert "usage: obliviate" in result.stdout
     if command in (["unlearn"], ["evaluate"]):
         assert "--model DIR" in result.stdout and "--out DIR" in result.stdout
+
+
+def test_small_models_load_without_a_progress_bar(tiny_model_dir, capsys):
+    """transformers' "Loading weights" bar is shown only for checkpoints large enough to take a while; the
+    global setting is left as it was."""
+    from transformers.utils import logging
+
+    from obliviate.models.loading import LOADING_BAR_BYTES, _weight_bytes, load_model
+
+    assert 0 < _weight_bytes(tiny_model_dir) < LOADING_BAR_BYTES
+    enabled = logging.is_progress_bar_enabled()
+    capsys.readouterr()
+    load_model(tiny_model_dir)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert logging.is_progress_bar_enabled() == enabled

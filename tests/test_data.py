@@ -87,3 +87,11 @@ def test_config_coerces_and_rejects():
         build(_Schema, {"stpes": 1}, "cfg.yaml")
     with pytest.raises(InputError, match="expected key=value"):
         parse_key_values(["steps"])
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "forget.jsonl"
+    good = json.dumps({"id": "a1qa0", "input": "Q?", "output": "A", "task": "Task1"})
+    path.write_bytes(good.encode() + b"\n" + '{"id": "a1qa1", "input": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(InputError, match=r"forget.jsonl:2: not UTF-8 text \(byte 0xe9 at column 30\)"):
+        load_probes(path)

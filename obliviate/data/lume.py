@@ -27,8 +27,13 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
         return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(f"not UTF-8 text (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
+                                 path=path, line=number) from None
             if not line.strip():
                 continue
             try:

@@ -7,6 +7,7 @@ weights are read.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
     kwargs = {"gguf_file": gguf.name} if gguf else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
+        with _loading_bar(_weight_bytes(path)):
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"cannot load model: {first_line}", path=path) from None
@@ -90,6 +92,29 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, path=path)
+
+
+# A load takes seconds from this size on (on 2 CPU cores); below it transformers' "Loading weights" bar is noise.
+LOADING_BAR_BYTES = 500 * 2**20
+
+
+def _weight_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in path.glob(pattern))
+
+
+@contextlib.contextmanager
+def _loading_bar(weight_bytes: int):
+    """transformers' per-load progress bar, kept only for checkpoints large enough to take a while."""
+    from transformers.utils import logging
+
+    hide = weight_bytes < LOADING_BAR_BYTES and logging.is_progress_bar_enabled()
+    if hide:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hide:
+            logging.enable_progress_bar()
 
 
 def save_model(model, tokenizer, directory: str | Path) -> None:
