@@ -112,13 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="method or training options, e.g. beta=0.2 learning_rate=1e-4 max_steps=40; "
                               "they override --config")
     unlearn.add_argument("--out", metavar="DIR", required=True,
-                         help="output directory: DIR/model (safetensors checkpoint) and DIR/run.json")
+                         help="output directory: DIR/model (safetensors checkpoint) and DIR/run.json; a run the "
+                              "gate calls collapsed or diverged writes DIR/model-collapsed (-diverged) and exits 3")
     unlearn.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                          help="dtype to load and train the model in (default float32)")
     unlearn.add_argument("--base", metavar="DIR",
                          help="the pretrained model --model was fine-tuned from (a model that never saw the forget "
                               "set), for methods that need it (BaseTeacher); 'bundled' for the micro benchmark's")
     unlearn.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    unlearn.add_argument("--gate-retain-loss-rise", type=float, default=1.0, metavar="NATS",
+                         help="call the run collapsed when the retain loss rises more than this many nats per "
+                              "token (default 1.0)")
+    unlearn.add_argument("--gate-entropy-fraction", type=float, default=0.9, metavar="F",
+                         help="call the run collapsed when the output entropy reaches this fraction of a uniform "
+                              "distribution's (default 0.9)")
+    unlearn.add_argument("--no-gate", action="store_true",
+                         help="skip the before/after check (a collapsed or diverged run then exits 0)")
 
     evaluate = commands.add_parser(
         "evaluate", help="score a model exactly as SemEval-2025 Task 4 does",
@@ -364,6 +373,11 @@ def cmd_unlearn(args) -> int:
         base_dir = resolve_base(args.base)
     started = time.time()
     loaded = load_model(args.model, dtype=args.dtype)
+    gate_texts = [p.training_text for p in (retain or forget)][:64]
+    if not args.no_gate:
+        from obliviate.training.gate import measure
+
+        before = measure(loaded.model, loaded.tokenizer, gate_texts)
     result = unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
                      reference_loader=lambda: load_model(args.model, dtype=args.dtype).model,
                      base_loader=(lambda: load_model(base_dir, dtype=args.dtype).model) if base_dir else None)
@@ -376,11 +390,27 @@ def cmd_unlearn(args) -> int:
     record = {**result.record, "inputs": inputs, "command": _command_line(),
               "total_seconds": time.time() - started, "dtype": args.dtype,
               "versions": _versions(), "platform": platform.platform()}
+    outcome = "passed"
+    if not args.no_gate:
+        from obliviate.training.gate import GateThresholds, measure, verdict
+
+        thresholds = GateThresholds(max_retain_loss_rise=args.gate_retain_loss_rise,
+                                    max_entropy_fraction=args.gate_entropy_fraction)
+        after = measure(result.model, loaded.tokenizer, gate_texts)
+        outcome, reasons = verdict(before, after, thresholds)
+        record["gate"] = {"verdict": outcome, "reasons": reasons, "on": "retain" if retain else "forget",
+                          "before": before, "after": after, "thresholds": vars(thresholds)}
+    # A model that failed the gate is still written, but not where a pipeline would take it for a result.
+    model_name = "model" if outcome == "passed" else f"model-{outcome}"
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
-        save_model(result.model, loaded.tokenizer, tmp / "model")
+        save_model(result.model, loaded.tokenizer, tmp / model_name)
         write_json_atomic(tmp / "run.json", record)
     print(json.dumps({"out": args.out, "method": run_plan.method_name, "steps": record["steps"],
-                      "wall_seconds": round(record["wall_seconds"], 1)}))
+                      "wall_seconds": round(record["wall_seconds"], 1), "gate": outcome}))
+    if outcome != "passed":
+        print(f"obliviate unlearn: the run {outcome}: {'; '.join(record['gate']['reasons'])}; the model is in "
+              f"{args.out}/{model_name}, not {args.out}/model", file=sys.stderr)
+        return 3
     return 0
 
 

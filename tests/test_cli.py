@@ -178,3 +178,32 @@ def test_small_models_load_without_a_progress_bar(tiny_model_dir, capsys):
     load_model(tiny_model_dir)
     assert "Loading weights" not in capsys.readouterr().err
     assert logging.is_progress_bar_enabled() == enabled
+
+
+def test_unlearn_gate_refuses_a_destroyed_model(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    """A learning rate that wrecks the model: exit 3, the verdict and its reason in run.json and on stderr, the
+    model kept under a name that says so, never as OUT/model."""
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                 "--retain", str(tiny_lume_dir / "retain.jsonl"), "--method", "GradAscent", "learning_rate=10",
+                 "max_steps=3", "batch_size=2", "max_grad_norm=1e6", "--out", str(out)])
+    assert code == 3
+    run = json.loads((out / "run.json").read_text())
+    gate = run["gate"]
+    assert gate["verdict"] in ("collapsed", "diverged") and gate["reasons"] and gate["on"] == "retain"
+    assert not (out / "model").exists() and (out / f"model-{gate['verdict']}" / "model.safetensors").is_file()
+    assert f"the run {gate['verdict']}" in capsys.readouterr().err
+
+
+def test_unlearn_gate_verdicts_by_hand():
+    from obliviate.training.gate import GateThresholds, verdict
+
+    before = {"loss": 0.5, "entropy": 1.0, "log_vocabulary": 8.0, "weights_finite": True}
+    limits = GateThresholds(max_retain_loss_rise=1.0, max_entropy_fraction=0.9)
+    assert verdict(before, {**before, "loss": 1.4}, limits) == ("passed", [])
+    assert verdict(before, {**before, "loss": 1.6}, limits)[0] == "collapsed"
+    assert verdict(before, {**before, "entropy": 7.3}, limits)[0] == "collapsed"  # 7.3 >= 0.9 * 8
+    near_uniform = {**before, "entropy": 7.5}
+    assert verdict(near_uniform, near_uniform, limits) == ("passed", [])  # it was so before: no news
+    assert verdict(before, {**before, "loss": float("nan")}, limits)[0] == "diverged"
+    assert verdict(before, {**before, "weights_finite": False}, limits) == ("diverged", ["non-finite weights"])

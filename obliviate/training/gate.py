@@ -1,0 +1,80 @@
+"""``unlearn``'s own gate: a cheap check before and after unlearning, so that a destroyed model is never handed
+back as a success.
+
+On the retain documents (the forget documents when there is no retain set) it measures, for the original and
+the unlearned model, the mean token NLL and the mean entropy of the next-token distribution, and checks every
+weight is finite. Verdicts:
+
+* ``diverged``: a non-finite loss, entropy or weight;
+* ``collapsed``: the retain loss rose by more than ``max_retain_loss_rise`` nats per token, or the output
+  entropy reached ``max_entropy_fraction`` of log V (V the vocabulary size: a near-uniform model says nothing)
+  from below it;
+* ``passed`` otherwise.
+
+The thresholds are the command's options (``--gate-retain-loss-rise``, ``--gate-entropy-fraction``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass
+class GateThresholds:
+    max_retain_loss_rise: float = 1.0  # nats per token over the original's retain loss
+    max_entropy_fraction: float = 0.9  # mean next-token entropy / log(vocabulary size)
+
+
+def measure(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> dict:
+    """Mean token NLL and mean next-token entropy (nats) of ``model`` on ``texts``; whether its weights are finite."""
+    import torch
+
+    from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+
+    encoded = [tokenizer(text).input_ids for text in texts]
+    device = next(model.parameters()).device
+    nll_sum = entropy_sum = 0.0
+    count = 0
+    vocabulary = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+                vocabulary = logits.shape[-1]
+                log_probs = torch.log_softmax(logits, dim=-1)
+                mask = attention_mask[:, 1:].bool()
+                nll = -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+                nll_sum += nll[mask].sum().item()
+                entropy_sum += entropy[mask].sum().item()
+                count += int(mask.sum())
+    finally:
+        model.train(was_training)
+    finite = all(torch.isfinite(p).all().item() for p in model.parameters())
+    return {"loss": nll_sum / max(count, 1), "entropy": entropy_sum / max(count, 1),
+            "log_vocabulary": math.log(vocabulary) if vocabulary else None, "weights_finite": finite,
+            "tokens": count}
+
+
+def verdict(before: dict, after: dict, thresholds: GateThresholds) -> tuple[str, list[str]]:
+    """("passed" | "collapsed" | "diverged", the reasons)."""
+    if not after["weights_finite"] or not all(math.isfinite(after[k]) for k in ("loss", "entropy")):
+        return "diverged", ["non-finite " + ", ".join(
+            name for name, bad in (("weights", not after["weights_finite"]), ("loss", not math.isfinite(after["loss"])),
+                                   ("entropy", not math.isfinite(after["entropy"]))) if bad)]
+    reasons = []
+    rise = after["loss"] - before["loss"]
+    if rise > thresholds.max_retain_loss_rise:
+        reasons.append(f"retain loss rose {rise:.2f} nats/token ({before['loss']:.3f} -> {after['loss']:.3f}; "
+                       f"gate: {thresholds.max_retain_loss_rise})")
+    limit = thresholds.max_entropy_fraction * after["log_vocabulary"] if after["log_vocabulary"] else math.inf
+    if after["entropy"] >= limit > before["entropy"]:  # became near-uniform (a model that was is no news)
+        reasons.append(f"output entropy {after['entropy']:.2f} nats is {after['entropy'] / after['log_vocabulary']:.0%} "
+                       f"of a uniform distribution's (gate: {thresholds.max_entropy_fraction:.0%})")
+    return ("collapsed", reasons) if reasons else ("passed", [])
