@@ -138,8 +138,11 @@ def run_child(entry: str, model_dir: Path, rows: int, steps: int, batch_size: in
     method_name, options = parse_entry(entry)
     run_plan = plan(method_name, {"max_steps": steps, "batch_size": batch_size, **options}, source="bench")
     started = time.perf_counter()
+    # A method that distils a pretrained base (BaseTeacher) gets a model of the same size as its base: the cost
+    # is what is measured, not what it learns.
     unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
-            reference_loader=lambda: load_model(model_dir, device=device).model, progress=False)
+            reference_loader=lambda: load_model(model_dir, device=device).model,
+            base_loader=lambda: load_model(model_dir, device=device).model, progress=False)
     wall = time.perf_counter() - started
     intervals = [[b - a for a, b in zip(times, times[1:])] for times in runs]
     steady = [t for run in intervals for t in run[1:]]  # each run's first step is warm-up
@@ -239,8 +242,10 @@ def summarise(runs: list[dict], methods: list[str]) -> list[dict]:
 def markdown(table: list[dict], memory_label: str, steps: int = 16) -> str:
     lines = [f"| method | step time (ms, median) | x GradDiff | peak memory (MiB, {memory_label}) | x GradDiff "
              f"| setup + {steps} steps (s) |", "|---|---|---|---|---|---|"]
-    for row in table:
-        lines.append(f"| {row['method']} | {row['mean_step_s'] * 1000:.1f} | {row['time_vs_graddiff']:.2f}x | "
+    for row in table:  # a method that trains nothing (ECO) has no step time
+        step = "-" if row["mean_step_s"] is None else f"{row['mean_step_s'] * 1000:.1f}"
+        ratio = "-" if row["time_vs_graddiff"] is None else f"{row['time_vs_graddiff']:.2f}x"
+        lines.append(f"| {row['method']} | {step} | {ratio} | "
                      f"{row['peak_mib']:.1f} | {row['memory_vs_graddiff']:.3f}x | {row['setup_and_train_s']:.1f} |")
     return "\n".join(lines)
 
@@ -308,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 run = _spawn(child)
                 run["round"] = round_index
                 runs.append(run)
-                print(f"round {round_index + 1}: {name:12s} step {run['mean_step_s'] * 1000:7.1f} ms  "
+                step = "-" if run["mean_step_s"] is None else f"{run['mean_step_s'] * 1000:.1f}"
+                print(f"round {round_index + 1}: {name:12s} step {step:>7s} ms  "
                       f"peak {run['peak_bytes'] / 2**20:7.1f} MiB", file=sys.stderr, flush=True)
         startup = measure_startup(model_dir, args.startup_repeats)
     cli_imports = import_profile("import obliviate.cli")

@@ -65,3 +65,11 @@ def test_audit_time_cuts_every_set_by_documents():
     assert {p.id for p in half.forget} == {p.id for p in whole.forget
                                            if p.document_id in {q.document_id for q in half.forget}}
     assert len(half.nonmembers) == round(len(whole.nonmembers) / 2)
+
+
+def test_a_method_without_training_steps_is_tabled(costs):
+    runs = [{"method": "GradDiff", "mean_step_s": 1.0, "peak_bytes": 100 * 2**20, "unlearn_s": 1.0},
+            {"method": "ECO", "mean_step_s": None, "peak_bytes": 50 * 2**20, "unlearn_s": 3.0}]
+    table = {row["method"]: row for row in costs.summarise(runs, ["GradDiff", "ECO"])}
+    assert table["ECO"]["time_vs_graddiff"] is None
+    assert "| ECO | - | - | 50.0 | 0.500x | 3.0 |" in costs.markdown(list(table.values()), "test")
