@@ -132,7 +132,9 @@ def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
     eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
     new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     rows = list(range(input_ids.shape[0]))  # batch row -> original row, None once it has ended
-    cache_name = cache_argument(model)
+    from obliviate.models.wrappers import cache_argument
+
+    cache_name = cache_argument()
     cache = _new_cache(model)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
@@ -162,14 +164,6 @@ def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
         positions = positions + 1
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                        use_cache=True, **{cache_name: cache}).logits[:, -1]
-
-
-def cache_argument(model) -> str:
-    """The forward argument that takes a KV cache: ``cache`` in current transformers, ``past_key_values`` in
-    the 5.x releases before it (now deprecated there)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _new_cache(model):
