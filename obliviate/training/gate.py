@@ -31,35 +31,17 @@ def measure(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> dict
     """Mean token NLL and mean next-token entropy (nats) of ``model`` on ``texts``; whether its weights are finite."""
     import torch
 
-    from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+    from obliviate.audit.mia import token_statistics
 
-    encoded = [tokenizer(text).input_ids for text in texts]
-    device = next(model.parameters()).device
-    nll_sum = entropy_sum = 0.0
-    count = 0
-    vocabulary = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-                vocabulary = logits.shape[-1]
-                log_probs = torch.log_softmax(logits, dim=-1)
-                mask = attention_mask[:, 1:].bool()
-                nll = -log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-                entropy = -(log_probs.exp() * log_probs).sum(-1)
-                nll_sum += nll[mask].sum().item()
-                entropy_sum += entropy[mask].sum().item()
-                count += int(mask.sum())
-    finally:
-        model.train(was_training)
+    stats = token_statistics(model, tokenizer, texts, batch_size=batch_size, desc=None)
+    log_probs = [value for s in stats for value in s.log_probs]
+    neg_entropies = [value for s in stats for value in s.mean_log_probs]  # E_p log p = -H
+    count = max(len(log_probs), 1)
+    vocabulary = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
+        else model.config.vocab_size
     finite = all(torch.isfinite(p).all().item() for p in model.parameters())
-    return {"loss": nll_sum / max(count, 1), "entropy": entropy_sum / max(count, 1),
-            "log_vocabulary": math.log(vocabulary) if vocabulary else None, "weights_finite": finite,
-            "tokens": count}
+    return {"loss": -sum(log_probs) / count, "entropy": -sum(neg_entropies) / count,
+            "log_vocabulary": math.log(vocabulary), "weights_finite": finite, "tokens": len(log_probs)}
 
 
 def verdict(before: dict, after: dict, thresholds: GateThresholds) -> tuple[str, list[str]]:
