@@ -182,7 +182,7 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
                                   weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history, best, best_key = [], None, (-1.0, -1.0)
-    passed = False
+    passed, steps = False, 0
     with progress_bar(total=recipe.max_passes, desc=desc, unit="pass") as bar:
         for epoch in range(1, recipe.max_passes + 1):
             if epoch > 1 and replay_count:
@@ -205,6 +205,7 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
+                steps += 1
                 tokens = int((labels[:, 1:] != -100).sum())
                 total_loss += loss.item() * tokens
                 total_tokens += tokens
@@ -233,7 +234,7 @@ def train_memoriser(tokenizer, probes: Sequence[Probe], check_sets: dict[str, Se
     if not passed and best is not None:
         model.load_state_dict(best)
     model.eval()
-    record = {"memorised": passed, "passes": history[-1]["pass"] if history else 0,
+    record = {"memorised": passed, "passes": history[-1]["pass"] if history else 0, "steps": steps,
               "train_seconds": time.time() - started, "checks": history,
               "parameters": sum(p.numel() for p in model.parameters()),
               "replayed_texts_per_pass": replay_count}
