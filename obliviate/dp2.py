@@ -199,8 +199,9 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
         runs.setdefault(name, []).append(row)
         evaluations[f"{name}#{len(runs[name])}"] = {"evaluation": results, "record": extra}
 
-    add("target", target_eval, micro.records["target"].get("train_seconds"),
-        {"steps": micro.records["target"].get("steps"), "passes": micro.records["target"].get("passes")})
+    # The target's fine-tuning is not re-run here (its record may come from another machine): no time for it.
+    add("target", target_eval, None, {"steps": micro.records["target"].get("steps"),
+                                      "passes": micro.records["target"].get("passes")})
 
     # Retraining and DP2U are timed here, one after the other in this process, with the same recipe.
     oracle, oracle_record = retrain(base_dir, micro.tokenizer, keep, recipe, teacher_dir=base_dir,

@@ -125,5 +125,6 @@ def save_model(model, tokenizer, directory: str | Path) -> None:
         return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
+    with _loading_bar(sum(p.numel() * p.element_size() for p in model.parameters())):  # no bar for small models
+        model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)

@@ -11,7 +11,7 @@ SUMMARY_COLUMNS = (("task_aggregate", "task agg"), ("mia_auc", "MIA AUC"), ("mia
                    ("wall_seconds", "time (s)"), ("peak_memory_mib", "memory (MiB)"))
 
 
-ROUNDED = ("wall_seconds", "peak_memory_mib")  # shown as whole numbers
+ROUNDED = ("wall_seconds", "peak_memory_mib", "passes", "steps")  # shown as whole numbers
 OPTIONAL = ("heldout_loss", "mmlu")  # shown only when some row has them
 
 

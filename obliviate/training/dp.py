@@ -1,7 +1,7 @@
 """Differentially private fine-tuning of a causal LM with DP-SGD (opacus).
 
 DP-SGD (Abadi et al. 2016) as opacus implements it: each step samples a batch by Poisson sampling (every
-example independently with probability ``q = expected_batch_size / N``), computes one gradient per example,
+example independently with probability ``q = 1 / ceil(N / expected_batch_size)``, as opacus' loader draws), computes one gradient per example,
 clips each to L2 norm ``max_grad_norm``, sums them, adds Gaussian noise of standard deviation
 ``noise_multiplier * max_grad_norm`` and divides by the expected batch size. The noise multiplier is the
 smallest that keeps the whole run, ``epochs / q`` steps, within ``(epsilon, delta)`` by the chosen accountant
@@ -81,14 +81,20 @@ def check_config(config: DPConfig, examples: int) -> float:
     if config.expected_batch_size > examples:
         raise InputError(f"expected batch size {config.expected_batch_size} exceeds the {examples} documents",
                          field="expected_batch_size")
+    rate, steps = sampling(config, examples)
     try:
         return float(get_noise_multiplier(target_epsilon=config.epsilon, target_delta=config.delta,
-                                          sample_rate=config.expected_batch_size / examples,
-                                          epochs=config.epochs, accountant=config.accountant))
+                                          sample_rate=rate, steps=steps, accountant=config.accountant))
     except ValueError as error:
         raise InputError(f"opacus cannot reach epsilon {config.epsilon:g} at delta {config.delta:g} with "
-                         f"{config.epochs} epochs of sample rate {config.expected_batch_size}/{examples}: {error}",
-                         field="epsilon") from None
+                         f"{steps} steps of sample rate {rate:.3f}: {error}", field="epsilon") from None
+
+
+def sampling(config: DPConfig, examples: int) -> tuple[float, int]:
+    """(sample rate, steps) of the run: opacus' Poisson loader draws ``ceil(N / expected_batch_size)``
+    batches per epoch, each example with probability one over that count."""
+    batches = math.ceil(examples / config.expected_batch_size)
+    return 1 / batches, config.epochs * batches
 
 
 def check_wrappable(model) -> None:
@@ -198,6 +204,9 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
     # opacus' per-example gradient hooks fire on module outputs (the token ids need no gradient), which torch
     # reports on every step; the gradients they capture are the ones wanted.
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+    # secure_mode (a cryptographically secure noise source) is off, so that a seeded run is reproducible; the
+    # record says so instead of opacus warning on every run.
+    warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
     with progress_bar(total=config.epochs, desc=desc, unit="epoch") as bar:
         for epoch in range(1, config.epochs + 1):
             total, count = 0.0, 0
@@ -228,7 +237,7 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
                 delattr(parameter, attribute)
         parameter.requires_grad_(True)
     record = {"dp": asdict(config), "noise_multiplier": noise_multiplier, "epsilon_spent": spent,
-              "privacy_unit": "document", "examples": len(examples),
-              "sample_rate": config.expected_batch_size / len(examples), "steps": steps,
+              "privacy_unit": "document", "examples": len(examples), "secure_rng": False,
+              "sample_rate": sampling(config, len(examples))[0], "steps": steps,
               "empty_batches_skipped": skipped, "train_seconds": time.time() - started, "history": history}
     return model, record
