@@ -42,20 +42,27 @@ def _spread_cell(row: dict, key: str) -> str:
     return text
 
 
+def table_cells(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | None = None,
+                per_task: bool = True) -> tuple[list[str], list[list[str]]]:
+    """The table's headers and each row's cells as text (what :func:`markdown_table` and the HTML report
+    show)."""
+    probe_keys = [key for key in rows[0] if key.count("/") == 2] if per_task else []
+    if columns is None:  # the summary columns, less those no row has a value for (MMLU without --mmlu)
+        columns = [(key, label) for key, label in SUMMARY_COLUMNS
+                   if key not in OPTIONAL or any(row.get(key) is not None for row in rows)]
+    headers = ["model"] + [_short(k) for k in probe_keys] + [label for _, label in columns]
+    body = [[row["name"]] + [_spread_cell(row, k) for k in probe_keys] + [_spread_cell(row, key) for key, _ in columns]
+            for row in rows]
+    return headers, body
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | None = None,
                    per_task: bool = True) -> str:
     """Columns: the 12 per-task scores (F = forget, R = retain; reg = regurgitation, kno = knowledge), then the
     summary figures. Time is training (target, oracle) or unlearning (methods) wall time; memory is the peak
     memory an unlearning run added (``obliviate.memory``; blank for target and oracle). A row with several
     runs (seeds) shows their mean ± standard deviation; ``collapsed`` then counts the collapsed runs."""
-    probe_keys = [key for key in rows[0] if key.count("/") == 2] if per_task else []
-    if columns is None:  # the summary columns, less those no row has a value for (MMLU without --mmlu)
-        columns = [(key, label) for key, label in SUMMARY_COLUMNS
-                   if key not in OPTIONAL or any(row.get(key) is not None for row in rows)]
-    headers = ["model"] + [_short(k) for k in probe_keys] + [label for _, label in columns]
+    headers, body = table_cells(rows, columns, per_task)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        cells = [row["name"]] + [_spread_cell(row, k) for k in probe_keys]
-        cells += [_spread_cell(row, key) for key, _ in columns]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""The demo's HTML report: the table, and the plots a reader looks at first.
+
+One self-contained file (plots embedded as PNG data URIs, no scripts fetched from anywhere): the method table,
+the forget-versus-retain trade-off of every run with the oracle marked, per-task bars, the loss attack's ROC
+curves, and the training loss of each method. ``report.md`` carries the same table for diffs and terminals.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Sequence
+
+from obliviate.report.table import table_cells
+
+PLOT_IDS = ("tradeoff", "tasks", "roc", "loss")
+
+
+def _figure_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_of(row: dict, split: str) -> float | None:
+    values = [value for key, value in row.items() if key.startswith(f"{split}/") and key.count("/") == 2
+              and isinstance(value, (int, float))]
+    return sum(values) / len(values) if values else None
+
+
+def tradeoff_plot(runs: dict[str, list[dict]]) -> str:
+    """Each run's mean forget score (x, lower is better) against its mean retain score (y, higher is better);
+    the oracle as a star: the point to reach."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for name, entries in runs.items():
+        points = [(_mean_of(e, "forget"), _mean_of(e, "retain")) for e in entries]
+        points = [(x, y) for x, y in points if x is not None and y is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        if name == "oracle":
+            ax.scatter(xs, ys, marker="*", s=260, color="gold", edgecolor="black", zorder=3, label="oracle")
+        elif name == "target":
+            ax.scatter(xs, ys, marker="X", s=110, color="black", zorder=3, label="target")
+        else:
+            ax.scatter(xs, ys, s=45, alpha=0.8, label=name)
+    ax.set_xlabel("forget score, mean of the 6 forget terms (lower is better)")
+    ax.set_ylabel("retain score, mean of the 6 retain terms (higher is better)")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Forgetting against keeping, one point per run")
+    return _figure_uri(fig)
+
+
+def task_bars(rows: Sequence[dict]) -> str:
+    """Per model, the 12 per-task scores (F/R x task x regurgitation/knowledge), means over its runs."""
+    plt = _pyplot()
+    keys = [key for key in rows[0] if key.count("/") == 2]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(keys) + 2), 4.2))
+    width = 0.8 / max(len(rows), 1)
+    for index, row in enumerate(rows):
+        ax.bar([i + index * width for i in range(len(keys))], [row.get(k) or 0.0 for k in keys], width,
+               label=row["name"])
+    labels = [("F" if k.startswith("forget") else "R") + k.split("/")[1].replace("Task", "T") + " "
+              + ("reg" if k.endswith("regurgitation") else "kno") for k in keys]
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))])
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (forget: lower is better; retain: higher)")
+    ax.legend(fontsize=7, ncol=min(len(rows), 4))
+    ax.set_title("Per-task scores")
+    return _figure_uri(fig)
+
+
+def roc_plot(evaluations: dict[str, dict]) -> str:
+    """The loss attack's ROC curve (members: forget documents; lower loss = member) for the first run of each
+    model; the diagonal is an attacker who learns nothing, the ideal after unlearning."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    seen = set()
+    for label, value in evaluations.items():
+        name = label.split("@")[0]
+        losses = (value.get("evaluation") or {}).get("mia_losses")
+        if name in seen or not losses or not losses.get("member") or not losses.get("nonmember"):
+            continue
+        seen.add(name)
+        truth = [1] * len(losses["member"]) + [0] * len(losses["nonmember"])
+        scores = [-x for x in losses["member"] + losses["nonmember"]]
+        fpr, tpr, _ = roc_curve(truth, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(truth, scores):.2f})",
+                linewidth=2.5 if name == "oracle" else 1.5)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="no signal")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Loss MIA: ROC (ideal: the diagonal)")
+    return _figure_uri(fig)
+
+
+def loss_plot(evaluations: dict[str, dict]) -> str:
+    """Training loss against step for every unlearning run (one colour per method)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours: dict[str, str] = {}
+    for label, value in evaluations.items():
+        history = (value.get("record") or {}).get("log_history") or []
+        points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+        if not points:
+            continue
+        name = label.split("@")[0]
+        steps, losses = zip(*points)
+        line, = ax.plot(steps, losses, color=colours.get(name), alpha=0.85,
+                        label=None if name in colours else name)
+        colours.setdefault(name, line.get_color())
+    if not colours:
+        ax.text(0.5, 0.5, "no training loss recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (the method's objective)")
+    if colours:
+        ax.legend(fontsize=8)
+    ax.set_title("Training loss per run")
+    return _figure_uri(fig)
+
+
+def demo_html(rows: Sequence[dict], runs: dict[str, list[dict]], evaluations: dict[str, dict], *, source: str,
+              command: str, notes: Sequence[str] = ()) -> str:
+    """The whole report.html."""
+    headers, body = table_cells(rows)
+    table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
+    table += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
+    table.append("</table>")
+    plots = {
+        "tradeoff": ("Trade-off", tradeoff_plot(runs)),
+        "tasks": ("Per-task scores", task_bars(rows)),
+        "roc": ("Membership inference", roc_plot(evaluations)),
+        "loss": ("Training", loss_plot(evaluations)),
+    }
+    figures = [f'<section><h2>{html.escape(title)}</h2><img id="{key}" alt="{html.escape(title)}" src="{uri}">'
+               "</section>" for key, (title, uri) in plots.items()]
+    note_items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>obliviate report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #bbb; padding: 3px 6px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+</style></head>
+<body>
+<h1>obliviate report</h1>
+<p>Command: <code>{html.escape(command)}</code><br>Benchmark: {html.escape(source)}</p>
+{''.join(table)}
+<p>F = forget set, R = retain set, T1-T3 = the LUME tasks, reg = regurgitation (ROUGE-L recall), kno =
+knowledge (exact match): forget scores want to be low, retain scores high. MIA AUC: loss attack, ideal 0.5.
+final = mean(task agg, MIA score, utility). Values are means ± standard deviations over runs.</p>
+{'<ul>' + note_items + '</ul>' if note_items else ''}
+{''.join(figures)}
+<script>
+// For a headless check that every plot decoded: the number of images the browser rendered.
+window.addEventListener("load", () => {{
+  document.body.dataset.plotsRendered = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script>
+</body></html>
+"""
