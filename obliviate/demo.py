@@ -87,6 +87,11 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         aims["base_nonmember_loss"] = statistics.fmean(nonmember)
         del base_loaded
 
+    remembered = _resume_store(out, {
+        "benchmark": benchmark.fingerprint(), "methods": {entry: p.options() for entry, p in plans.items()},
+        "seeds": list(seeds), "target_seeds": list(target_seeds), "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size, "base": str(base_dir), "max_passes": max_passes,
+        "mmlu": str(mmlu) if mmlu else None, "mmlu_limit": mmlu_limit}, log)
     runs: dict[str, list[dict]] = {"target": [], "oracle": []}
     evaluations: dict[str, dict] = {}
     for target_seed in target_seeds:
@@ -96,10 +101,10 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
             recipe = dataclasses.replace(recipe, max_passes=max_passes)
         micro = build_micro_models(benchmark, recipe, cache_dir=cache_dir, log=log, base=base_dir)
         suffix = f"@target{target_seed}" if len(target_seeds) > 1 else ""
-        target_eval = audit(f"target{suffix}", micro.target, micro.tokenizer)
+        target_eval = remembered(f"target{suffix}", lambda: audit(f"target{suffix}", micro.target, micro.tokenizer))
         original_utility, original_heldout = target_eval["utility"], target_eval.get("heldout_loss")
         gate = {"original_heldout_loss": original_heldout, "original_mmlu": target_eval.get("mmlu_average")}
-        oracle_eval = audit(f"oracle{suffix}", micro.oracle, micro.tokenizer)
+        oracle_eval = remembered(f"oracle{suffix}", lambda: audit(f"oracle{suffix}", micro.oracle, micro.tokenizer))
         for name, results in (("target", target_eval), ("oracle", oracle_eval)):
             apply_gate(results, original_utility, **gate)
             runs[name].append(summary_row(name, results, micro.records[name]["train_seconds"]))
@@ -107,19 +112,24 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         for name, run_plan in plans.items():
             for seed in seeds:
                 label = f"{name}{suffix}@seed{seed}"
-                log(f"unlearning with {label}")
-                seeded = scaled_steps(dataclasses.replace(
-                    run_plan, training=dataclasses.replace(run_plan.training, seed=seed)), steps_scale)
-                model = load_model(micro.paths["target"], device=None).model  # a fresh copy: the cache stays intact
-                result = unlearn(model, micro.tokenizer, test.forget, test.retain, seeded,
-                                 reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
-                                 base_loader=(lambda: load_model(base_dir, device=None).model) if base_dir else None)
-                results = audit(label, result.model, micro.tokenizer)
+
+                def run(label=label, run_plan=run_plan, seed=seed) -> dict:
+                    log(f"unlearning with {label}")
+                    seeded = scaled_steps(dataclasses.replace(
+                        run_plan, training=dataclasses.replace(run_plan.training, seed=seed)), steps_scale)
+                    model = load_model(micro.paths["target"], device=None).model  # a fresh copy: the cache stays
+                    result = unlearn(model, micro.tokenizer, test.forget, test.retain, seeded,
+                                     reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
+                                     base_loader=(lambda: load_model(base_dir, device=None).model) if base_dir
+                                     else None)
+                    return {"evaluation": audit(label, result.model, micro.tokenizer), "record": result.record}
+
+                done = remembered(label, run)
+                results, record = done["evaluation"], done["record"]
                 apply_gate(results, original_utility, **gate)
-                runs.setdefault(name, []).append(summary_row(name, results, result.record["wall_seconds"],
-                                                             result.record["peak_memory_added_bytes"]))
-                evaluations[label] = {"evaluation": results, "record": result.record}
-                del model, result
+                runs.setdefault(name, []).append(summary_row(name, results, record["wall_seconds"],
+                                                             record["peak_memory_added_bytes"]))
+                evaluations[label] = {"evaluation": results, "record": record}
         if base_dir is not None:
             aims.setdefault("target_nonmember_loss", []).append(
                 statistics.fmean(target_eval["mia_losses"]["nonmember"]))
@@ -133,8 +143,36 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         print(line, file=sys.stdout, flush=True)
     if out is not None:
         _write_outputs(Path(out), overwrite, rows, runs, evaluations, benchmark, command, notes, aims)
+        from obliviate.training.resume import finish
+
+        finish(out)
         log(f"wrote {out}/results.json and {out}/report.md")
     return rows
+
+
+def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], dict]], dict]:
+    """``remembered(label, compute)``: a run's evaluation, computed once. With ``out``, each finished run is kept
+    beside it (``.OUT.resume/``, the demo's settings fingerprinted) until the report is written, so a demo that
+    was killed and started again with the same command continues where it stopped."""
+    import json
+
+    if out is None:
+        return lambda label, compute: compute()
+    from obliviate.training.resume import prepare
+
+    directory = prepare(out, fingerprint, every=0, log=log).directory / "runs"
+    directory.mkdir(exist_ok=True)
+
+    def remembered(label: str, compute: Callable[[], dict]) -> dict:
+        path = directory / f"{label}.json"
+        if path.is_file():
+            log(f"{label}: finished before the interruption, read from {path}")
+            return json.loads(path.read_text())
+        value = compute()
+        write_json_atomic(path, value)
+        return json.loads(path.read_text())  # the same JSON round trip as a resumed run's, so rows never differ
+
+    return remembered
 
 
 def method_entry(entry: str):
@@ -195,6 +233,7 @@ def aim_lines(aims: dict) -> list[str]:
 
 
 def _write_outputs(out: Path, overwrite: bool, rows, runs, evaluations, benchmark, command, notes, aims) -> None:
+    from obliviate.report.html import demo_html
     from obliviate.report.markdown import demo_report, plot_scores
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
@@ -205,3 +244,5 @@ def _write_outputs(out: Path, overwrite: bool, rows, runs, evaluations, benchmar
         benchmark.write(tmp / "benchmark")
         plot_scores(rows, tmp / "scores.png")
         (tmp / "report.md").write_text(demo_report(rows, source=benchmark.source, command=command, notes=notes))
+        (tmp / "report.html").write_text(demo_html(rows, runs, evaluations, source=benchmark.source, command=command,
+                                                   notes=notes))

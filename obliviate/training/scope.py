@@ -119,8 +119,13 @@ def attach_lora(model, modules: list[str], rank: int, alpha: float, dropout: flo
     except ImportError:
         raise InputError("lora=true needs the peft package (pip install peft)", field="lora") from None
 
+    import warnings
+
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=modules, bias="none")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` property; the FutureWarning is theirs.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def merge_lora(peft_model):

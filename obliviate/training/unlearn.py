@@ -66,10 +66,12 @@ class UnlearnResult:
 
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
             reference_loader: Callable[[], Any] | None = None, base_loader: Callable[[], Any] | None = None,
-            progress: bool = True) -> UnlearnResult:
+            progress: bool = True, checkpointing=None) -> UnlearnResult:
     """Train ``model`` in place with the planned method and return it with a record of the run (its peak
     memory included: see ``obliviate.memory``). ``reference_loader`` loads a fresh copy of the original model,
-    ``base_loader`` the pretrained model it was fine-tuned from (for methods with ``needs_base``)."""
+    ``base_loader`` the pretrained model it was fine-tuned from (for methods with ``needs_base``).
+    ``checkpointing`` (:mod:`obliviate.training.resume`): save Trainer checkpoints there and continue from the
+    newest; procedures (several trainings, e.g. task arithmetic) run from the start each time."""
     from obliviate.distributed import device
     from obliviate.memory import open_window
 
@@ -100,7 +102,8 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             record["weight_selection"]["sparsity_reached"] = zero_fraction(model)
     else:
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
-                            reference_loader=reference_loader, base_loader=base_loader, progress=progress)
+                            reference_loader=reference_loader, base_loader=base_loader, progress=progress,
+                            checkpointing=checkpointing)
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
               **record, "wall_seconds": time.time() - started, **memory.record()}
     return UnlearnResult(model=model, record=record)
@@ -108,7 +111,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
 
 def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe],
                settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
-               base_loader: Callable[[], Any] | None = None, progress: bool = True) -> dict:
+               base_loader: Callable[[], Any] | None = None, progress: bool = True, checkpointing=None) -> dict:
     """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
     ``needs_reference``, ``loss``); returns steps and the loss history."""
     import torch
@@ -181,14 +184,20 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     model.train()
     use_cpu = not torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="obliviate-trainer-") as scratch:
+        saving = {"save_strategy": "no"}
+        if checkpointing is not None:
+            # Full checkpoints (optimizer, scheduler, RNG): a resumed run must continue exactly; two are kept so
+            # that one is complete while the next is being written.
+            saving = {"save_strategy": "steps", "save_steps": checkpointing.every, "save_total_limit": 2}
         args = TrainingArguments(
-            output_dir=scratch, max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
+            output_dir=str(checkpointing.directory) if checkpointing is not None else scratch,
+            max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
             learning_rate=settings.learning_rate, lr_scheduler_type=scheduler_type(settings),
             warmup_steps=settings.warmup_steps,
             weight_decay=0.0 if held is not None else settings.weight_decay,  # held weights: decay is held's
             max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed,
-            data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), save_strategy="no",
+            data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), **saving,
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",
         )
@@ -211,7 +220,8 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             held.decay_names = [n for n in trainer.get_decay_parameter_names(scope.model) if n in held.parameters]
             trainer.add_callback(held)
         try:
-            output = trainer.train()
+            latest = checkpointing.latest() if checkpointing is not None else None
+            output = trainer.train(resume_from_checkpoint=str(latest) if latest is not None else None)
         finally:
             if held is not None:
                 held.remove()
@@ -227,6 +237,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,
+        "resumed_from_step": int(latest.name.split("-")[-1]) if latest is not None else None,
         "scope": scope.record,
         "weight_selection": selection,
     }
