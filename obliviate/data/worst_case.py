@@ -1,0 +1,737 @@
+"""Worst-case forget sets (Fan, Liu, Hero and Liu, 2024, "Challenging Forgets: Unveiling the Worst-Case Forget
+Sets in Machine Unlearning", ECCV 2024): of a pool of N candidate documents, the m whose removal is hardest for
+a given unlearning method.
+
+The bi-level problem. Each pool document i gets a weight w_i, relaxed from {0, 1} to [0, 1] with 1ᵀw = m:
+
+    minimise over w      F(w) = sum_i w_i NLL_i(theta_K(w))                          (upper level)
+    where theta_K(w)  =  K unlearning steps from the original weights theta_0 on     (lower level)
+                         L(theta; w) = forget_weight * sum_i w_i f_i(theta) / m
+                                       + retain_weight * R(theta; w)
+
+``NLL_i`` is document i's mean token NLL (its probes' labelled tokens, ``loss_on`` as the method trains), so a
+low F means the chosen documents are still remembered after unlearning: hard to forget. ``f_i`` is the method's
+own forget term for document i (:data:`FORGET_TERMS`: -NLL_i for GradAscent and GradDiff; the mean over the
+document's rows of NPO's ``-(2/beta) logsigmoid(-beta (log pi - log pi_ref))`` or SimNPO's length-normalised
+version, through ``obliviate.losses``). ``R`` is the retain NLL over the rest of the pool, each document
+weighted by 1 - w_i (the paper's retain set is the data not chosen to be forgotten), together with the
+documents of a ``--retain`` file (weight 1): ``R = (sum_i (1 - w_i) NLL_i + sum_j NLL_j) / (N - m + R_file)``;
+methods without a retain term (GradAscent) have none.
+
+The upper level runs projected gradient descent on w: ``w <- P(w - outer_lr * g / max|g - mean g|)``, where the
+gradient is centred before scaling because the projection onto 1ᵀw = m removes any common shift anyway, and
+P projects onto {w in [0, 1]^N, 1ᵀw = m} by bisection on the shift tau of ``clip(v - tau, 0, 1)``
+(:func:`project_capped_simplex`). After ``iterations`` steps the m documents with the largest weights are the
+worst-case set (ties broken by pool order).
+
+The gradient. The K lower-level steps are unrolled with ``torch.func.functional_call`` and
+``torch.autograd.grad(create_graph=True)``, so dF/dw is the **exact** second-order gradient of the unrolled
+objective (Hessian-vector products through every step; ``tests/test_worst_case.py`` checks it against finite
+differences in float64). Nothing is approximated inside the unroll; the approximations are in what is
+unrolled:
+
+* **Deviation 1, the step.** The lower level takes normalised gradient steps
+  ``theta <- theta - inner_lr * g / ||g||`` instead of the method's AdamW. The paper unrolls signSGD; Adam's
+  first steps are sign steps too, and a sign (or Adam's ``g / sqrt(g^2)``) has a zero derivative almost
+  everywhere, which would leave dF/dw with nothing but its direct term. A normalised step has a useful
+  derivative and, like Adam, does not depend on the loss's scale (NPO's retain weight is 200, GradDiff's 10).
+* **Deviation 2, the weights that move.** By default only the last ``unroll_layers`` decoder layers (2) move in
+  the lower level (``unroll_layers=0``: every parameter); the real unlearning run trains all of them. On the
+  micro target, in a development measurement on 2 CPU cores, one unrolled step with its second-order backward
+  took about 10 s with every weight moving and about 2 s with one layer. Models without ``layers.<N>.``
+  parameter names unroll everything.
+* **Deviation 3, the batch.** Each unrolled step uses the whole pool (and retain file) as one batch, where the
+  unlearning run samples 4 forget and 4 retain rows per step; K is a handful of steps, not the run's 40-120.
+* The paper's other choices (its lower level also models training, its regulariser on w) are not reproduced;
+  the lower level starts from the original model, as unlearning does.
+
+``obliviate forget-set --worst-case m --method M --pool FILE --out FILE`` writes every probe of the chosen
+documents as a LUME file and ``<out stem>.selection.json`` beside it (weights, chosen ids, method, K, steps,
+seed, F per iteration); ``--compare-random N`` then unlearns the worst-case set and N random sets of the same
+size (the rest of the pool as retain) and scores each (:func:`compare_with_random`). docs/worst-case.md has a
+real run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from obliviate.data.records import Probe
+from obliviate.errors import InputError
+
+# Options of a run plan that change which weights an unlearning run moves: the unrolled lower level does not
+# model them, so a selection refuses them rather than silently optimising for a different update.
+UNMODELLED_TRAINING = ("prune", "l1_weight", "mask", "lora", "train_params", "train_layers")
+
+
+# The command-line option of each setting, for error messages.
+OPTION_NAMES = {"size": "worst-case", "unroll_steps": "steps", "iterations": "iterations", "batch_size": "batch-size",
+                "inner_lr": "inner-lr", "outer_lr": "outer-lr", "unroll_layers": "unroll-layers", "seed": "seed"}
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    size: int  # m: documents to choose
+    unroll_steps: int = 4  # K: lower-level steps unrolled from the original weights
+    inner_lr: float = 0.5  # length of each normalised lower-level step, in parameter space
+    iterations: int = 10  # upper-level projected gradient steps
+    outer_lr: float = 0.1  # the largest change of one weight per upper-level step
+    unroll_layers: int = 2  # the last decoder layers that move in the lower level; 0: every parameter
+    batch_size: int = 16  # rows per forward pass (memory only: every step uses the whole pool)
+    seed: int = 0  # the initial weights' perturbation
+
+    def __post_init__(self):
+        for name in ("size", "unroll_steps", "iterations", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=OPTION_NAMES[name])
+        for name in ("inner_lr", "outer_lr"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"must be > 0, got {getattr(self, name)}", field=OPTION_NAMES[name])
+        if self.unroll_layers < 0:
+            raise InputError(f"must be >= 0, got {self.unroll_layers}", field="unroll-layers")
+
+
+# ------------------------------------------------------------------------------------------- projection
+
+
+def project_capped_simplex(values, total: float, tolerance: float = 1e-12, max_iterations: int = 200):
+    """Euclidean projection of ``values`` onto {w in [0, 1]^N, sum w = total}: ``clip(values - tau, 0, 1)`` with
+    the shift tau found by bisection (the sum is continuous and non-increasing in tau).
+
+    A pure function of a 1-D tensor; ``0 < total <= N``. tau lies in [min - 1, max]: at min - 1 every entry
+    clips to 1 (sum N >= total), at max every entry clips to 0 (sum 0 < total).
+    """
+    import torch
+
+    values = torch.as_tensor(values, dtype=torch.float64)
+    count = values.numel()
+    if not 0 < total <= count:
+        raise ValueError(f"total must be in (0, {count}], got {total}")
+    low, high = float(values.min()) - 1.0, float(values.max())
+    for _ in range(max_iterations):
+        tau = (low + high) / 2
+        if float((values - tau).clamp(0, 1).sum()) > total:
+            low = tau
+        else:
+            high = tau
+        if high - low < tolerance:
+            break
+    return (values - (low + high) / 2).clamp(0, 1)
+
+
+def top_m(weights, size: int) -> list[int]:
+    """Indices of the ``size`` largest weights, ties broken by position (a stable sort)."""
+    order = sorted(range(len(weights)), key=lambda i: (-float(weights[i]), i))
+    return sorted(order[:size])
+
+
+# ----------------------------------------------------------------------------------- per-document terms
+
+
+def _npo_term(config, row_log_probs, row_counts, reference):
+    import torch
+
+    from obliviate.losses import npo_loss
+
+    # npo_loss averages over the rows it is given: one row at a time is that row's term.
+    return torch.stack([npo_loss(row_log_probs[i:i + 1], reference[i:i + 1], config.beta)
+                        for i in range(row_log_probs.shape[0])])
+
+
+def _simnpo_term(config, row_log_probs, row_counts, reference):
+    import torch
+
+    from obliviate.losses import simnpo_loss
+
+    return torch.stack([simnpo_loss(row_log_probs[i:i + 1], row_counts[i:i + 1], config.beta, config.margin)
+                        for i in range(row_log_probs.shape[0])])
+
+
+# Methods whose forget term is a sum of per-example losses: name -> (the per-row forget term, averaged over each
+# document's rows, or None where the term is -NLL of the document itself; whether it needs the original model's
+# row log-probabilities). Any other method is refused before a model loads.
+FORGET_TERMS: dict[str, tuple[Callable | None, bool]] = {
+    "GradAscent": (None, False),
+    "GradDiff": (None, False),
+    "NPO": (_npo_term, True),
+    "SimNPO": (_simnpo_term, False),
+}
+
+
+def check_method(run_plan) -> None:
+    """Refuse a method (or training options) the unrolled lower level cannot represent."""
+    if run_plan.method_name not in FORGET_TERMS:
+        raise InputError(f"{run_plan.method_name} has no per-document forget loss to weight; worst-case selection "
+                         f"supports {', '.join(FORGET_TERMS)}", field="method")
+    defaults = type(run_plan.training)()
+    for name in UNMODELLED_TRAINING:
+        if getattr(run_plan.training, name) != getattr(defaults, name):
+            raise InputError("the unrolled lower level does not model this option (it moves the weights "
+                             "differently); leave it at its default for a selection", field=name)
+
+
+def documents_of(probes: Sequence[Probe]) -> dict[str, list[Probe]]:
+    """Document id -> its probes, in first-appearance order."""
+    grouped: dict[str, list[Probe]] = {}
+    for probe in probes:
+        grouped.setdefault(probe.document_id, []).append(probe)
+    return grouped
+
+
+def check_pool(pool: Sequence[Probe], size: int, path: str | Path | None = None) -> dict[str, list[Probe]]:
+    documents = documents_of(pool)
+    if not documents:
+        raise InputError("the pool is empty", path=path)
+    if size < 1:
+        raise InputError(f"must be >= 1, got {size}", field="worst-case")
+    if size > len(documents):
+        raise InputError(f"asks for {size} documents but the pool has {len(documents)}", path=path,
+                         field="worst-case")
+    return documents
+
+
+# ------------------------------------------------------------------------------------------- the unroll
+
+
+class UnrolledObjective:
+    """F(w) = sum_i w_i NLL_i(theta_K(w)) for one model, pool and method (see the module docstring).
+
+    The model is only read: the unroll works on a dictionary of parameter tensors through
+    ``torch.func.functional_call``. While this object lives, the model's parameters do not require gradients
+    and its attention runs in the eager implementation (the fused CPU kernels have no second derivative);
+    :meth:`close` restores both.
+    """
+
+    def __init__(self, model, tokenizer, documents: dict[str, list[Probe]], run_plan, settings: SelectionSettings,
+                 retain: Sequence[Probe] = ()):
+        import torch
+
+        from obliviate.batching import pad_id_of
+        from obliviate.training.data import encode_probes, pad
+
+        self.model, self.settings = model, settings
+        self.config = run_plan.method_config
+        self.term, needs_reference = FORGET_TERMS[run_plan.method_name]
+        method_cls = _method_class(run_plan.method_name)
+        self.forget_weight = float(getattr(self.config, "forget_weight", 1.0))
+        self.retain_weight = float(getattr(self.config, "retain_weight", 0.0)) if method_cls.needs_retain else 0.0
+        self.document_ids = list(documents)
+        self.pool_size = len(self.document_ids)
+        retain_documents = documents_of(retain) if self.retain_weight else {}
+        self.file_retain = len(retain_documents)
+        rows, owners = [], []
+        for index, probes in enumerate(list(documents.values()) + list(retain_documents.values())):
+            rows.extend(probes)
+            owners.extend([index] * len(probes))
+        training = run_plan.training
+        examples = encode_probes(tokenizer, rows, training.max_length, training.loss_on)
+        self.device = next(model.parameters()).device
+        self.owner = torch.tensor(owners, device=self.device)
+        self.pool_rows = sum(len(p) for p in documents.values())
+        # Rows of similar length share a batch (little padding); results go back to row order by ``position``.
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        self.batches = []
+        for start in range(0, len(order), settings.batch_size):
+            indices = order[start:start + settings.batch_size]
+            batch = {k: v.to(self.device) for k, v in pad([examples[i] for i in indices], pad_id_of(tokenizer)).items()}
+            self.batches.append((indices, batch))
+        self.position = torch.tensor([i for indices, _ in self.batches for i in indices], device=self.device)
+        self._saved_flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        self._saved_attention = model.config._attn_implementation
+        self._was_training = model.training
+        model.requires_grad_(False)
+        model.eval()
+        model.set_attn_implementation("eager")
+        self.names = unrolled_names(model, settings.unroll_layers)
+        parameters = dict(model.named_parameters())
+        self.initial = {name: parameters[name].detach() for name in self.names}
+        self.reference = None
+        if needs_reference:  # the original model's row log-probabilities, computed once (as NPO's training does)
+            with torch.no_grad():
+                self.reference = self.row_statistics(self.initial)[0][:self.pool_rows].detach()
+
+    def close(self) -> None:
+        self.model.set_attn_implementation(self._saved_attention)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(self._saved_flags.get(name, True))
+        self.model.train(self._was_training)
+
+    def row_statistics(self, parameters: dict):
+        """Per row (in row order): summed label log-probability and number of labelled tokens."""
+        import torch
+        from torch.func import functional_call
+
+        sums, counts = [], []
+        for _, batch in self.batches:
+            logits = functional_call(self.model, parameters, (batch["input_ids"],),
+                                     {"attention_mask": batch["attention_mask"]}).logits
+            row_sums, row_counts = sequence_log_probs_at_least_float32(logits, batch["labels"])
+            sums.append(row_sums)
+            counts.append(row_counts)
+        sums, counts = torch.cat(sums), torch.cat(counts)
+        inverse = torch.empty_like(self.position)
+        inverse[self.position] = torch.arange(len(self.position), device=self.device)
+        return sums[inverse], counts[inverse].to(sums.dtype)
+
+    def document_nll(self, sums, counts):
+        """Mean token NLL of every document (pool documents first, then the retain file's)."""
+        import torch
+
+        documents = self.pool_size + self.file_retain
+        total = torch.zeros(documents, dtype=sums.dtype, device=self.device).index_add(0, self.owner, sums)
+        tokens = torch.zeros(documents, dtype=sums.dtype, device=self.device).index_add(0, self.owner, counts)
+        return -total / tokens.clamp(min=1)
+
+    def lower_loss(self, sums, counts, weights):
+        import torch
+
+        nll = self.document_nll(sums, counts)
+        pool_nll = nll[:self.pool_size]
+        if self.term is None:
+            forget = -pool_nll
+        else:  # the mean over each document's rows
+            per_row = self.term(self.config, sums[:self.pool_rows], counts[:self.pool_rows], self.reference)
+            owner = self.owner[:self.pool_rows]
+            rows = torch.zeros(self.pool_size, dtype=sums.dtype, device=self.device).index_add(
+                0, owner, torch.ones_like(per_row))
+            forget = torch.zeros(self.pool_size, dtype=sums.dtype, device=self.device).index_add(
+                0, owner, per_row) / rows
+        # Normalised by m (constant), not by sum(w): F stays one function of w off the constraint too.
+        size = self.settings.size
+        loss = self.forget_weight * (weights * forget).sum() / size
+        retain_count = (self.pool_size - size) + self.file_retain
+        if self.retain_weight and retain_count > 0:
+            retain = ((1 - weights) * pool_nll).sum() + nll[self.pool_size:].sum()
+            loss = loss + self.retain_weight * retain / retain_count
+        return loss
+
+    def unroll(self, weights, create_graph: bool) -> dict:
+        """theta_K(w): K normalised gradient steps on the lower-level loss from the original weights."""
+        import torch
+
+        parameters = {name: tensor.detach().requires_grad_(True) for name, tensor in self.initial.items()}
+        for _ in range(self.settings.unroll_steps):
+            with torch.enable_grad():
+                loss = self.lower_loss(*self.row_statistics(parameters), weights)
+                grads = torch.autograd.grad(loss, list(parameters.values()), create_graph=create_graph)
+            norm = torch.sqrt(sum((g * g).sum() for g in grads)).clamp(min=1e-12)
+            stepped = {name: tensor - self.settings.inner_lr * g / norm
+                       for (name, tensor), g in zip(parameters.items(), grads)}
+            parameters = stepped if create_graph else {n: t.detach().requires_grad_(True) for n, t in stepped.items()}
+        return parameters
+
+    def objective(self, weights, create_graph: bool = True):
+        """F(w); differentiable in ``weights`` through the unroll when ``create_graph``."""
+        import torch
+
+        parameters = self.unroll(weights, create_graph)
+        with torch.set_grad_enabled(create_graph):
+            nll = self.document_nll(*self.row_statistics(parameters))[:self.pool_size]
+            return (weights * nll).sum()
+
+    def pool_nll(self, parameters: dict | None = None) -> list[float]:
+        import torch
+
+        with torch.no_grad():
+            nll = self.document_nll(*self.row_statistics(parameters or self.initial))
+        return nll[:self.pool_size].tolist()
+
+
+def sequence_log_probs_at_least_float32(logits, labels):
+    """``obliviate.losses.sequence_log_probs``, but in float64 when the logits are: that function computes in
+    float32 whatever the model's dtype, whose rounding would swamp a finite-difference check of the gradient
+    through the unroll (``tests/test_worst_case.py``). Half-precision logits are still raised to float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from obliviate.losses import IGNORE_INDEX
+
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    shifted = logits[:, :-1].to(dtype)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    log_probs = -F.cross_entropy(shifted.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
+    return (log_probs * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def unrolled_names(model, last_layers: int) -> list[str]:
+    """The parameters the lower level moves: those of the last ``last_layers`` decoder layers (names with
+    ``layers.<N>.``), or every parameter (``last_layers=0`` or no such names)."""
+    names = [name for name, _ in model.named_parameters()]
+    pattern = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+    indices = sorted({int(m.group(1)) for name in names if (m := pattern.search(name))})
+    if last_layers == 0 or not indices:
+        return names
+    kept = set(indices[-last_layers:])
+    return [name for name in names if (m := pattern.search(name)) and int(m.group(1)) in kept]
+
+
+def _method_class(name: str):
+    from obliviate.methods import get_method
+
+    return get_method(name)
+
+
+# ------------------------------------------------------------------------------------------ the search
+
+
+@dataclass
+class Selection:
+    document_ids: list[str]  # the pool's documents, in pool order
+    weights: list[float]  # final relaxed weights, in pool order
+    chosen: list[str]  # the worst-case documents, in pool order
+    objective: list[float]  # F(w) at each iteration's weights, before its step
+    objective_chosen: float  # F at the binarised weights (1 on the chosen documents)
+    objective_uniform: float  # F at the starting point's centre, m / N everywhere
+    nll_before: list[float]  # each pool document's NLL under the original model
+    unrolled_parameters: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def select_worst_case(model, tokenizer, pool: Sequence[Probe], run_plan, settings: SelectionSettings,
+                      retain: Sequence[Probe] = (), log: Callable[[str], None] = lambda message: None) -> Selection:
+    """The worst-case ``settings.size`` documents of ``pool`` for ``run_plan``'s method (module docstring)."""
+    import torch
+
+    check_method(run_plan)
+    documents = check_pool(pool, settings.size)
+    started = time.time()
+    size, count = settings.size, len(documents)
+    unrolled = UnrolledObjective(model, tokenizer, documents, run_plan, settings, retain)
+    try:
+        dtype = next(iter(unrolled.initial.values())).dtype
+        nll_before = unrolled.pool_nll()
+        n_parameters = sum(t.numel() for t in unrolled.initial.values())
+        if size == count:  # nothing to choose
+            ones = torch.ones(count, dtype=dtype, device=unrolled.device)
+            value = float(unrolled.objective(ones, create_graph=False))
+            return Selection(list(documents), [1.0] * count, list(documents), [], value, value, nll_before,
+                             n_parameters, time.time() - started)
+        generator = torch.Generator().manual_seed(settings.seed)
+        noise = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * 0.02
+        weights = project_capped_simplex(torch.full((count,), size / count, dtype=torch.float64) + noise, size)
+        history = []
+        for iteration in range(settings.iterations):
+            variable = weights.to(dtype=dtype, device=unrolled.device).requires_grad_(True)
+            value = unrolled.objective(variable, create_graph=True)
+            (gradient,) = torch.autograd.grad(value, variable)
+            history.append(float(value.detach()))
+            centred = gradient.detach().double().cpu()
+            centred = centred - centred.mean()
+            scale = float(centred.abs().max())
+            if scale > 0:
+                weights = project_capped_simplex(weights - settings.outer_lr * centred / scale, size)
+            log(f"worst-case {run_plan.method_name}: iteration {iteration + 1}/{settings.iterations} "
+                f"F(w)={history[-1]:.4f} ({time.time() - started:.0f} s)")
+        chosen_index = top_m(weights.tolist(), size)
+        binary = torch.zeros(count, dtype=dtype, device=unrolled.device)
+        binary[chosen_index] = 1
+        objective_chosen = float(unrolled.objective(binary, create_graph=False))
+        uniform = torch.full((count,), size / count, dtype=dtype, device=unrolled.device)
+        objective_uniform = float(unrolled.objective(uniform, create_graph=False))
+    finally:
+        unrolled.close()
+    ids = list(documents)
+    return Selection(document_ids=ids, weights=weights.tolist(), chosen=[ids[i] for i in chosen_index],
+                     objective=history, objective_chosen=objective_chosen, objective_uniform=objective_uniform,
+                     nll_before=nll_before, unrolled_parameters=n_parameters, seconds=time.time() - started)
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+def probe_records(probes: Sequence[Probe]) -> list[dict]:
+    return [{"id": p.id, "input": p.input, "output": p.output, "task": p.task, "split": p.split} for p in probes]
+
+
+def check_output_file(path: str | Path, overwrite: bool, field_name: str = "out") -> Path:
+    path = Path(path)
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise InputError("expected a .jsonl or .parquet file name", path=path, field=field_name)
+    if path.is_dir():
+        raise InputError("is a directory", path=path, field=field_name)
+    if path.exists() and not overwrite:
+        raise InputError("file exists (pass --overwrite to replace it)", path=path, field=field_name)
+    return path
+
+
+def record_path(out: str | Path) -> Path:
+    """The selection's JSON record, beside the forget set: ``worst.jsonl`` -> ``worst.selection.json``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".selection.json")
+
+
+def write_probes_atomic(path: str | Path, probes: Sequence[Probe]) -> None:
+    """A LUME file (JSON lines, or parquet by the suffix), written to a temporary sibling and renamed."""
+    import json
+    import os
+    import tempfile
+
+    from obliviate.io import write_text_atomic
+
+    path = Path(path)
+    records = probe_records(probes)
+    if path.suffix != ".parquet":
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------ the comparison
+
+
+SCORE_COLUMNS = ("nll_before", "nll_after", "forget_regurgitation", "forget_knowledge", "retain_regurgitation",
+                 "retain_knowledge")
+
+
+def compare_with_random(model_loader: Callable[[], object], tokenizer, pool: Sequence[Probe], chosen: Sequence[str],
+                        run_plan, draws: int, *, seed: int = 0, retain: Sequence[Probe] = (),
+                        max_new_tokens: int = 256, batch_size: int = 32,
+                        log: Callable[[str], None] = lambda message: None) -> dict:
+    """Unlearn the ``chosen`` documents and ``draws`` random sets of as many pool documents, each from a fresh
+    copy of the original model (``model_loader``) with ``run_plan`` and the rest of the pool (plus ``retain``)
+    as the retain set, then score each set: its documents' NLL before and after, and the LUME forget-set
+    (regurgitation: ROUGE-L recall, knowledge: exact match) and retain-set scores. Forget figures that stay
+    high mean the set was hard to forget. Random sets are drawn with ``random.Random(f"{seed}:{draw}")``."""
+    from obliviate.audit.evaluate import EvaluationData, evaluate
+    from obliviate.training.unlearn import unlearn
+
+    documents = documents_of(pool)
+    ids = list(documents)
+    size = len(chosen)
+    sets = [("worst-case", list(chosen))]
+    for draw in range(draws):
+        sets.append((f"random {draw + 1}", sorted(random.Random(f"{seed}:{draw}").sample(ids, size),
+                                                  key=ids.index)))
+    rows = []
+    for name, members in sets:
+        forget = [p for doc in members for p in documents[doc]]
+        rest = [p for doc in ids if doc not in members for p in documents[doc]] + list(retain)
+        model = model_loader()
+        before = _set_nll(model, tokenizer, forget, run_plan)
+        log(f"compare: unlearning {name} ({', '.join(members)})")
+        result = unlearn(model, tokenizer, forget, rest, run_plan, reference_loader=model_loader, progress=False)
+        after = _set_nll(result.model, tokenizer, forget, run_plan)
+        scores = evaluate(result.model, tokenizer, EvaluationData(forget=forget, retain=rest),
+                          max_new_tokens=max_new_tokens, batch_size=batch_size, desc=None)
+        rows.append({"set": name, "documents": members, "nll_before": before, "nll_after": after,
+                     "forget_regurgitation": scores["forget-set"]["overall-regurgitation-score"],
+                     "forget_knowledge": scores["forget-set"]["overall-knowledge-score"],
+                     "retain_regurgitation": scores["retain-set"]["overall-regurgitation-score"],
+                     "retain_knowledge": scores["retain-set"]["overall-knowledge-score"],
+                     "unlearning_seconds": result.record["wall_seconds"], "steps": result.record["steps"]})
+        del model, result
+    random_rows = rows[1:]
+    summary = {}
+    for column in SCORE_COLUMNS:
+        values = [row[column] for row in random_rows]
+        summary[column] = {"mean": statistics.fmean(values),
+                           "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return {"method": run_plan.method_name, "options": run_plan.options(), "size": size, "draws": draws,
+            "seed": seed, "rows": rows, "random": summary}
+
+
+def _set_nll(model, tokenizer, probes: Sequence[Probe], run_plan) -> float:
+    """Token-weighted mean NLL of ``probes``' labelled tokens (``loss_on`` as the method trains)."""
+    import torch
+
+    from obliviate.batching import pad_id_of
+    from obliviate.losses import sequence_log_probs
+    from obliviate.training.data import encode_probes, pad
+
+    examples = encode_probes(tokenizer, probes, run_plan.training.max_length, run_plan.training.loss_on)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), 16):
+            batch = {k: v.to(device) for k, v in pad(examples[start:start + 16], pad_id_of(tokenizer)).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            sums, counts = sequence_log_probs(logits, batch["labels"])
+            total -= float(sums.sum())
+            tokens += int(counts.sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def comparison_table(comparison: dict) -> str:
+    """A Markdown table: the worst-case set, the random sets' mean ± std, then every random draw."""
+    header = ["set", "NLL before", "NLL after", "forget reg", "forget kno", "retain reg", "retain kno"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cells(values: dict, spread: dict | None = None) -> list[str]:
+        out = []
+        for column in SCORE_COLUMNS:
+            text = _number(values[column])
+            if spread is not None:
+                text += f" ± {_number(spread[column])}"
+            out.append(text)
+        return out
+
+    rows = comparison["rows"]
+    lines.append("| " + " | ".join([rows[0]["set"]] + cells(rows[0])) + " |")
+    summary = comparison["random"]
+    lines.append("| " + " | ".join([f"random (mean ± std, {comparison['draws']} draws)"]
+                                   + cells({c: summary[c]["mean"] for c in SCORE_COLUMNS},
+                                           {c: summary[c]["std"] for c in SCORE_COLUMNS})) + " |")
+    for row in rows[1:]:
+        lines.append("| " + " | ".join([row["set"]] + cells(row)) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+# ------------------------------------------------------------------------------------ the command's work
+
+
+BUNDLED = "bundled"
+
+
+@dataclass
+class ForgetSetRequest:
+    """What ``obliviate forget-set`` was asked for; :func:`run_forget_set` validates it all before any work."""
+
+    size: int
+    method: str
+    pool: str  # a LUME file, or "bundled": the micro benchmark's test part (forget + retain documents)
+    out: str
+    options: dict = field(default_factory=dict)  # method and training options, as `obliviate unlearn` takes them
+    model: str | None = None  # default: the micro benchmark's target
+    retain: str | None = None
+    rest: str | None = None  # also write the pool's other documents here (a retain set for `obliviate unlearn`)
+    settings: dict = field(default_factory=dict)  # SelectionSettings fields other than size
+    compare_random: int = 0
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    overwrite: bool = False
+    command: str = ""
+
+
+def bundled_pool() -> list[Probe]:
+    """The micro benchmark's test part, forget and retain documents: all memorised by its target, none of them
+    used to choose the methods' defaults (that was the validation part)."""
+    from obliviate.data.micro import load_bundled
+    from obliviate.tune import split_benchmark
+
+    _, test = split_benchmark(load_bundled())
+    return test.forget + test.retain
+
+
+def reference_forget_documents() -> int:
+    """Forget documents of the bundled benchmark: the methods' default ``max_steps`` count steps for these."""
+    from obliviate.data.micro import load_bundled
+
+    return len(documents_of(load_bundled().forget))
+
+
+def comparison_plan(run_plan, size: int, steps_given: bool):
+    """The plan each comparison run unlearns with: the method's defaults with ``max_steps`` scaled to ``size``
+    documents (as the demo scales them to its test part), unless the user set ``max_steps``."""
+    if steps_given:
+        return run_plan
+    from obliviate.tune import scaled_steps
+
+    return scaled_steps(run_plan, size / reference_forget_documents())
+
+
+def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print) -> dict:
+    """Select the worst-case forget set, optionally compare it with random sets, write the files; returns the
+    record written beside the forget set."""
+    from obliviate.data.lume import check_disjoint, load_probes
+    from obliviate.io import sha256_file, write_json_atomic
+    from obliviate.training.unlearn import plan
+
+    run_plan = plan(request.method, request.options)
+    check_method(run_plan)
+    settings = SelectionSettings(size=request.size, **request.settings)
+    out = check_output_file(request.out, request.overwrite)
+    record_file = record_path(out)
+    if record_file.exists() and not request.overwrite:
+        raise InputError("file exists (pass --overwrite to replace it)", path=record_file, field="out")
+    rest_file = check_output_file(request.rest, request.overwrite, "rest") if request.rest else None
+    if rest_file is not None and rest_file.resolve() == out.resolve():
+        raise InputError("--rest and --out name the same file", path=rest_file, field="rest")
+    if request.compare_random < 0:
+        raise InputError(f"must be >= 0, got {request.compare_random}", field="compare-random")
+    if request.pool == BUNDLED:
+        pool_path, pool = BUNDLED, bundled_pool()
+    else:
+        pool_path = Path(request.pool)
+        pool = load_probes(pool_path)
+    documents = check_pool(pool, settings.size, pool_path)
+    retain: list[Probe] = []
+    if request.retain:
+        retain = load_probes(request.retain)
+        check_disjoint(pool, retain, request.retain)
+    if request.model is not None:
+        from obliviate.models.loading import check_model_dir
+
+        check_model_dir(request.model)
+
+    # Input is valid: load the model and work.
+    from obliviate.models.loading import load_model
+
+    if request.model is not None:
+        model_dir = Path(request.model)
+        loaded = load_model(model_dir)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        from obliviate.data.micro import load_bundled
+        from obliviate.models.micro import build_micro_models
+
+        micro = build_micro_models(load_bundled(), roles=("target",), log=log)
+        model_dir, model, tokenizer = micro.paths["target"], micro.target, micro.tokenizer
+    selection = select_worst_case(model, tokenizer, pool, run_plan, settings, retain, log=log)
+    del model
+    record = {
+        "method": run_plan.method_name, "options": run_plan.options(), "size": settings.size,
+        "settings": dataclasses.asdict(settings), "unroll_steps": settings.unroll_steps,
+        "upper_iterations": settings.iterations, "seed": settings.seed,
+        "pool": str(pool_path), "pool_sha256": None if pool_path == BUNDLED else sha256_file(pool_path),
+        "pool_documents": len(documents), "model": str(Path(model_dir).resolve()),
+        "retain": request.retain, "weights": dict(zip(selection.document_ids, selection.weights)),
+        "chosen": selection.chosen, "objective_per_iteration": selection.objective,
+        "objective_chosen": selection.objective_chosen, "objective_uniform": selection.objective_uniform,
+        "nll_before": dict(zip(selection.document_ids, selection.nll_before)),
+        "unrolled_parameters": selection.unrolled_parameters, "selection_seconds": selection.seconds,
+        "command": request.command,
+    }
+    if request.compare_random:
+        compare = comparison_plan(run_plan, settings.size, "max_steps" in request.options)
+        comparison = compare_with_random(lambda: load_model(model_dir, device=None).model, tokenizer, pool,
+                                         selection.chosen, compare, request.compare_random, seed=settings.seed,
+                                         retain=retain, max_new_tokens=request.max_new_tokens,
+                                         batch_size=request.batch_size, log=log)
+        record["comparison"] = comparison
+    chosen = set(selection.chosen)
+    write_json_atomic(record_file, record)
+    write_probes_atomic(out, [p for doc in selection.chosen for p in documents[doc]])
+    if rest_file is not None:
+        write_probes_atomic(rest_file, [p for doc, probes in documents.items() if doc not in chosen for p in probes])
+    return record

@@ -1,0 +1,209 @@
+"""Worst-case forget sets (obliviate/data/worst_case.py): the projection, the unrolled gradient, the selection
+and ``obliviate forget-set`` end to end on tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from obliviate.cli import main
+from obliviate.data.lume import load_probes
+from obliviate.data.worst_case import (SelectionSettings, UnrolledObjective, documents_of, project_capped_simplex,
+                                       select_worst_case, top_m, unrolled_names)
+from obliviate.errors import InputError
+from obliviate.training.unlearn import plan
+
+
+# ------------------------------------------------------------------------------------------- projection
+
+
+@pytest.mark.parametrize("values, total, expected", [
+    ([0.5, 0.5, 0.5], 1, [1 / 3, 1 / 3, 1 / 3]),  # equal shift: tau = 1/6
+    ([0.9, 0.6, 0.1], 1, [0.65, 0.35, 0.0]),  # tau = 0.25; the last entry clips at 0
+    ([3.0, 2.0, 1.0, 0.0], 2, [1.0, 1.0, 0.0, 0.0]),  # tau = 1: two clip at 1, two at 0
+    ([0.2, 0.3, 0.5], 1, [0.2, 0.3, 0.5]),  # already feasible: unchanged (tau = 0)
+    ([0.2, 0.2, 0.2, 0.2], 4, [1.0, 1.0, 1.0, 1.0]),  # m = N: every weight 1
+    ([-1.0, 0.4, 2.0], 1.5, [0.0, 0.5, 1.0]),  # tau = -0.1
+])
+def test_projection_hand_computed(values, total, expected):
+    projected = project_capped_simplex(torch.tensor(values, dtype=torch.float64), total)
+    assert projected.tolist() == pytest.approx(expected, abs=1e-9)
+
+
+def test_projection_sum_bounds_and_nearest_point():
+    generator = torch.Generator().manual_seed(0)
+    for size in (2, 5, 17):
+        for total in (1, size / 2, size - 1):
+            values = torch.randn(size, generator=generator, dtype=torch.float64) * 2
+            projected = project_capped_simplex(values, total)
+            assert float(projected.sum()) == pytest.approx(total, abs=1e-9)
+            assert float(projected.min()) >= 0 and float(projected.max()) <= 1
+            # No other feasible point is nearer: mixing towards any feasible point moves away.
+            other = project_capped_simplex(torch.rand(size, generator=generator, dtype=torch.float64), total)
+            distance = float((values - projected).norm())
+            assert distance <= float((values - other).norm()) + 1e-9
+            assert distance <= float((values - (0.9 * projected + 0.1 * other)).norm()) + 1e-9
+
+
+@pytest.mark.parametrize("total", [0, -1, 3.5])
+def test_projection_refuses_an_impossible_total(total):
+    with pytest.raises(ValueError):
+        project_capped_simplex(torch.tensor([0.1, 0.2, 0.3]), total)
+
+
+def test_top_m_breaks_ties_by_position():
+    assert top_m([0.2, 0.9, 0.2, 0.9, 0.5], 2) == [1, 3]
+    assert top_m([0.5, 0.5, 0.5], 2) == [0, 1]
+
+
+# ------------------------------------------------------------------------------------ the unrolled gradient
+
+
+def _pool(tiny_lume_dir, documents: int):
+    probes = load_probes(tiny_lume_dir / "forget.jsonl")
+    keep = list(documents_of(probes))[:documents]
+    return [p for p in probes if p.document_id in keep]
+
+
+@pytest.mark.parametrize("method, layers", [("GradDiff", 1), ("NPO", 0)])
+def test_gradient_through_the_unroll_matches_finite_differences(method, layers, tiny_lume_dir, tiny_model,
+                                                                 tiny_tokenizer):
+    """dF/dw by autograd through K unrolled steps equals central differences of F in float64; the unroll's own
+    part of it (not only the direct term NLL_i(theta_K)) is checked to be there."""
+    model = tiny_model.double()
+    pool = _pool(tiny_lume_dir, 3)
+    settings = SelectionSettings(size=1, unroll_steps=2, inner_lr=0.5, unroll_layers=layers)
+    unrolled = UnrolledObjective(model, tiny_tokenizer, documents_of(pool), plan(method, {"max_length": "24"}),
+                                 settings)
+    try:
+        weights = torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64, requires_grad=True)
+        value = unrolled.objective(weights, create_graph=True)
+        (gradient,) = torch.autograd.grad(value, weights)
+        # Not smaller: the Llama's RMSNorm and rotary embeddings compute in float32 even in a float64 model, and
+        # that rounding, divided by a tiny step, would swamp the comparison.
+        epsilon = 1e-3
+        numeric = []
+        for i in range(3):
+            step = torch.zeros(3, dtype=torch.float64)
+            step[i] = epsilon
+            plus = float(unrolled.objective(weights.detach() + step, create_graph=False))
+            minus = float(unrolled.objective(weights.detach() - step, create_graph=False))
+            numeric.append((plus - minus) / (2 * epsilon))
+        assert gradient.tolist() == pytest.approx(numeric, rel=2e-5, abs=1e-7)
+        direct = unrolled.document_nll(*unrolled.row_statistics(unrolled.unroll(weights.detach(), False)))[:3]
+        indirect = gradient - direct.detach()
+        assert float(indirect.abs().max()) > 1e-4, "the gradient must flow through the unrolled steps"
+    finally:
+        unrolled.close()
+    assert all(p.requires_grad for p in model.parameters()), "close() restores the model's flags"
+
+
+def test_unrolled_names_take_the_last_layers(tiny_model):
+    names = unrolled_names(tiny_model, 1)
+    assert names and all(".layers.1." in name for name in names)
+    assert unrolled_names(tiny_model, 0) == [name for name, _ in tiny_model.named_parameters()]
+
+
+def test_selection_is_deterministic_by_seed(tiny_lume_dir, tiny_model, tiny_tokenizer):
+    pool = _pool(tiny_lume_dir, 4)
+    run_plan = plan("GradDiff", {"max_length": "24"})
+    settings = SelectionSettings(size=2, unroll_steps=1, iterations=2, inner_lr=1.0, seed=3)
+    first = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan, settings)
+    second = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan, settings)
+    assert first.weights == second.weights and first.chosen == second.chosen
+    assert first.objective == second.objective and len(first.objective) == 2
+    assert sum(first.weights) == pytest.approx(2, abs=1e-9)
+    assert len(first.chosen) == 2 and set(first.chosen) <= set(first.document_ids)
+    other = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan,
+                              SelectionSettings(size=2, unroll_steps=1, iterations=2, inner_lr=1.0, seed=4))
+    assert other.weights != first.weights  # the seed moves the starting point
+
+
+def test_selection_refuses_unsupported_methods_and_options(tiny_lume_dir, tiny_model, tiny_tokenizer):
+    pool = _pool(tiny_lume_dir, 2)
+    with pytest.raises(InputError, match="KL has no per-document forget loss"):
+        select_worst_case(tiny_model, tiny_tokenizer, pool, plan("KL"), SelectionSettings(size=1))
+    with pytest.raises(InputError, match="does not model"):
+        select_worst_case(tiny_model, tiny_tokenizer, pool, plan("GradDiff", {"lora": "true"}),
+                          SelectionSettings(size=1))
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _forget_set(tiny_model_dir, pool, out, *extra, options=("max_length=24",)):
+    return main(["forget-set", "--worst-case", "2", "--method", "GradDiff", *options, "--pool", str(pool),
+                 "--model", str(tiny_model_dir), "--out", str(out), "--steps", "1", "--iterations", "2",
+                 "--inner-lr", "1.0", *extra])
+
+
+def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    pool_file = tiny_lume_dir / "forget.jsonl"
+    out, rest = tmp_path / "sets" / "worst.jsonl", tmp_path / "sets" / "rest.jsonl"
+    code = _forget_set(tiny_model_dir, pool_file, out, "--rest", str(rest), "--compare-random", "2",
+                       "--max-new-tokens", "4", options=("max_length=24", "max_steps=2"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    pool = documents_of(load_probes(pool_file))
+    chosen = documents_of(load_probes(out))  # load_probes validates the LUME format
+    assert len(chosen) == 2
+    for document, probes in chosen.items():
+        assert [p.id for p in probes] == [p.id for p in pool[document]], "every probe of a chosen document"
+    assert set(documents_of(load_probes(rest))) == set(pool) - set(chosen)
+    record = json.loads((tmp_path / "sets" / "worst.selection.json").read_text())
+    assert record["chosen"] == list(chosen) and record["method"] == "GradDiff"
+    assert sum(record["weights"].values()) == pytest.approx(2, abs=1e-9)
+    assert sorted(record["weights"], key=lambda d: -record["weights"][d])[:2] == sorted(
+        chosen, key=lambda d: -record["weights"][d])
+    assert record["unroll_steps"] == 1 and record["seed"] == 0 and len(record["objective_per_iteration"]) == 2
+    comparison = record["comparison"]
+    assert [row["set"] for row in comparison["rows"]] == ["worst-case", "random 1", "random 2"]
+    assert comparison["rows"][0]["documents"] == record["chosen"]
+    assert all(row["steps"] == 2 for row in comparison["rows"])
+    assert "| worst-case |" in captured.out and "random (mean ± std, 2 draws)" in captured.out
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["rest.jsonl", "worst.jsonl",
+                                                                    "worst.selection.json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--worst-case", "7"], "asks for 7 documents but the pool has 6"),
+    (["--worst-case", "0"], "field 'worst-case': must be >= 1"),
+    (["--method", "KL"], "KL has no per-document forget loss"),
+    (["--steps", "0"], "field 'steps': must be >= 1"),
+    (["--out-name", "worst.txt"], "expected a .jsonl or .parquet file name"),
+    (["--pool-line", '{"id": "x"}'], "missing field"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_lume_dir, capsys):
+    pool = tiny_lume_dir / "forget.jsonl"
+    if args[0] == "--pool-line":
+        pool = tmp_path / "pool.jsonl"
+        pool.write_text(args[1] + "\n")
+        args = []
+    out_name = "worst.jsonl"
+    if args and args[0] == "--out-name":
+        out_name, args = args[1], []
+    values = {"--worst-case": "2", "--method": "GradDiff", "--steps": "1"}
+    values.update(dict(zip(args[::2], args[1::2])))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # The model directory does not exist: every one of these must be refused before a model is looked at.
+    code = main(["forget-set", "--pool", str(pool), "--out", str(out_dir / out_name), "--model",
+                 str(tmp_path / "no-model"), *[item for pair in values.items() for item in pair]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert list(out_dir.iterdir()) == []
+
+
+def test_cli_refuses_an_existing_output_and_a_retain_overlap(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    out = tmp_path / "worst.jsonl"
+    out.write_text("keep me\n")
+    code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", out)
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == "keep me\n"
+    code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", tmp_path / "other.jsonl", "--retain",
+                       str(tiny_lume_dir / "forget.jsonl"))
+    assert code == 2 and "is also in the forget set" in capsys.readouterr().err
+    assert not (tmp_path / "other.jsonl").exists()
