@@ -102,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a local Hugging Face causal-LM directory (config.json, weights, tokenizer) or a "
                               "directory holding one .gguf file; only read, never modified")
     unlearn.add_argument("--forget", metavar="FILE", required=True,
-                         help="LUME forget set (.jsonl or .parquet), or 'bundled' for the micro benchmark's")
+                         help="forget set: a LUME .jsonl or .parquet file, or 'bundled' for the micro benchmark's; "
+                              "also TOFU-style QA, .txt documents (a file or a folder), JSONL with a text field, "
+                              "a MUSE directory or a saved Hugging Face dataset (see --format)")
     unlearn.add_argument("--retain", metavar="FILE",
-                         help="LUME retain set (.jsonl or .parquet), or 'bundled'; required by methods that "
+                         help="retain set, in the same formats as --forget, or 'bundled'; required by methods that "
                               "use retain data")
+    _add_format_options(unlearn)
     unlearn.add_argument("--method", required=True, help="method name, e.g. NPO (see `obliviate methods`)")
     unlearn.add_argument("--config", metavar="YAML", help="method and training options as a YAML mapping")
     unlearn.add_argument("options", nargs="*", metavar="key=value",
@@ -128,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "distribution's (default 0.9)")
     unlearn.add_argument("--no-gate", action="store_true",
                          help="skip the before/after check (a collapsed or diverged run then exits 0)")
+    unlearn.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                         help="save a Trainer checkpoint every STEPS optimizer steps beside the output "
+                              "(.OUT.resume/); killed and run again with the same command, the run continues from "
+                              "the newest one (default: a fifth of max_steps; 0: no checkpoints)")
 
     evaluate = commands.add_parser(
         "evaluate", help="score a model exactly as SemEval-2025 Task 4 does",
@@ -136,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "DIR/evaluation_results.json with the official key names and the generations.")
     evaluate.add_argument("--model", metavar="DIR", required=True, help="model directory (see unlearn --model)")
     evaluate.add_argument("--data", metavar="DIR", required=True,
-                          help="directory with forget.jsonl and retain.jsonl (or .parquet), or 'bundled'")
+                          help="directory with forget.jsonl and retain.jsonl (or .parquet; or .json, .txt or a "
+                               "folder, in the formats of unlearn --forget), a MUSE directory or a saved Hugging "
+                               "Face DatasetDict with forget and retain splits, or 'bundled'")
+    _add_format_options(evaluate)
     evaluate.add_argument("--mia", metavar="DIR",
                           help="directory with member.jsonl and nonmember.jsonl (fields id, document), or "
                                "'bundled'; adds mia_loss_acc and mia_final_score")
@@ -173,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--model", metavar="DIR", required=True, help="the model to audit (see unlearn --model)")
     audit.add_argument("--data", metavar="DIR", required=True,
                        help="directory with forget.jsonl, retain.jsonl and nonmember.jsonl (optional "
-                            "utility.jsonl), e.g. `obliviate micro`'s OUT/data, or 'bundled'")
+                            "utility.jsonl), e.g. `obliviate micro`'s OUT/data, or 'bundled'; forget and retain "
+                            "may be in any format of unlearn --forget (see --format)")
+    _add_format_options(audit)
     audit.add_argument("--oracle", metavar="DIR",
                        help="a model trained without the forget set (needed by muse, tofu, distance, memorisation "
                             "and the reference MIA attack, whose membership reference it is)")
@@ -255,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(tune)
 
     _add_dp2_parser(commands)
+    _add_verify_parser(commands)
 
+    _add_restor_parser(commands)
+    _add_forget_set_parser(commands)
     commands.add_parser("methods", help="list the unlearning methods, what each needs, and its options",
                         description="List the registered unlearning methods with their options and defaults.")
     return parser
@@ -302,6 +317,20 @@ def _add_dp2_parser(commands) -> None:
     dp2.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="compare: unlearning seeds (default 0,1,2)")
     dp2.add_argument("--cache-dir", metavar="DIR", help="compare: model cache (see demo)")
     _add_generation_options(dp2)
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    from obliviate.data.formats import FORMATS
+
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="format of the forget and retain data (default auto: told from the path and the first "
+                             "row): lume (id, input, output, task), tofu (question, answer, optional "
+                             "paraphrased_answer and perturbed_answer), text (.txt documents: a file or a folder), "
+                             "jsonl-text (rows with a text field), muse (a MUSE directory), hf (a directory saved by "
+                             "datasets' save_to_disk), parquet; see docs/data.md")
+    parser.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                        help="rename the data's columns to obliviate's fields first, e.g. input=question,"
+                             "output=answer (JSON, parquet and Hugging Face rows)")
 
 
 def _add_base_option(parser: argparse.ArgumentParser) -> None:
@@ -387,8 +416,10 @@ def cmd_unlearn(args) -> int:
     import time
 
     from obliviate.config import load_yaml, parse_key_values
-    from obliviate.data.lume import load_forget_retain, load_probes
-    from obliviate.io import atomic_output_dir, check_output_dir, sha256_file, write_json_atomic
+    from obliviate.data.formats import load_forget, load_forget_retain
+    from obliviate.data.formats import sha256_input as sha256_file  # a file's hash, or a folder's
+    from obliviate.data.rows import parse_columns
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.methods import get_method
     from obliviate.models.loading import check_model_dir, load_model, save_model
     from obliviate.training.unlearn import plan, unlearn
@@ -400,14 +431,15 @@ def cmd_unlearn(args) -> int:
     run_plan = plan(args.method, values, source=args.config or "command line")
     method_cls = get_method(run_plan.method_name)
     forget_path, retain_path = _probe_file(args.forget, "forget"), _probe_file(args.retain, "retain")
+    columns = parse_columns(args.columns)
     if retain_path is not None:
-        forget, retain = load_forget_retain(forget_path, retain_path)
+        forget, retain = load_forget_retain(forget_path, retain_path, args.format, columns)
     else:
         if method_cls.needs_retain:
             raise InputError(f"method {run_plan.method_name} needs --retain", field="retain")
-        forget, retain = load_probes(forget_path), []
-        if not forget:
-            raise InputError("the forget set is empty", path=forget_path)
+        forget, retain = load_forget(forget_path, args.format, columns), []
+    if method_cls.needs_retain and not retain:
+        raise InputError(f"the retain set is empty; method {run_plan.method_name} trains on it", path=retain_path)
     base_dir = None
     if getattr(method_cls, "needs_base", False):
         from obliviate.models.micro import resolve_base
@@ -416,8 +448,23 @@ def cmd_unlearn(args) -> int:
             raise InputError(f"method {run_plan.method_name} needs --base: the pretrained model --model was "
                              "fine-tuned from", field="base")
         base_dir = resolve_base(args.base)
+    checkpointing = None
+    every = args.checkpoint_every if args.checkpoint_every is not None else max(1, run_plan.training.max_steps // 5)
+    if every < 0:
+        raise InputError(f"must be >= 0, got {every}", field="checkpoint-every")
+    if every > 0:
+        from obliviate.training.resume import prepare
+
+        # Everything that decides the trained weights (the output path decides only where they go).
+        fingerprint = {"model": str(Path(args.model).resolve()), "model_files": _file_stamps(Path(args.model)),
+                       "forget_sha256": sha256_file(forget_path),
+                       "retain_sha256": sha256_file(retain_path) if retain_path is not None else None,
+                       "plan": run_plan.options(), "method": run_plan.method_name, "dtype": args.dtype,
+                       "base": str(base_dir) if base_dir else None}
     started = time.time()
     loaded = load_model(args.model, dtype=args.dtype)
+    if every > 0:  # once the model has loaded: a model that cannot be read leaves no checkpoint directory behind
+        checkpointing = prepare(args.out, fingerprint, every, log=_log)
     gate_texts = [p.training_text for p in (retain or forget)][:64]
     if not args.no_gate:
         from obliviate.training.gate import measure
@@ -425,7 +472,8 @@ def cmd_unlearn(args) -> int:
         before = measure(loaded.model, loaded.tokenizer, gate_texts)
     result = unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
                      reference_loader=lambda: load_model(args.model, dtype=args.dtype).model,
-                     base_loader=(lambda: load_model(base_dir, dtype=args.dtype).model) if base_dir else None)
+                     base_loader=(lambda: load_model(base_dir, dtype=args.dtype).model) if base_dir else None,
+                     checkpointing=checkpointing)
     inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
               "forget_sha256": sha256_file(forget_path)}
     if retain_path is not None:
@@ -450,6 +498,10 @@ def cmd_unlearn(args) -> int:
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         save_model(result.model, loaded.tokenizer, tmp / model_name)
         write_json_atomic(tmp / "run.json", record)
+    if checkpointing is not None:
+        from obliviate.training.resume import finish
+
+        finish(args.out)
     print(json.dumps({"out": args.out, "method": run_plan.method_name, "steps": record["steps"],
                       "wall_seconds": round(record["wall_seconds"], 1), "gate": outcome}))
     if outcome != "passed":
@@ -457,6 +509,13 @@ def cmd_unlearn(args) -> int:
               f"{args.out}/{model_name}, not {args.out}/model", file=sys.stderr)
         return 3
     return 0
+
+
+def _file_stamps(directory: Path) -> dict:
+    """Name -> (size, modification time) of a model directory's files: cheap to take for any model size."""
+    if not directory.is_dir():
+        return {}
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(directory.iterdir()) if p.is_file()}
 
 
 def _gate_reference(value: str) -> tuple[float, float | None]:
@@ -483,7 +542,9 @@ def _gate_reference(value: str) -> tuple[float, float | None]:
 
 def cmd_evaluate(args) -> int:
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate
-    from obliviate.data.lume import load_documents, load_probe_dir, load_probes
+    from obliviate.data.formats import load_probe_dir, load_probe_file
+    from obliviate.data.lume import load_documents
+    from obliviate.data.rows import parse_columns
     from obliviate.distributed import device, is_main_process, world_size
     from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.models.loading import check_model_dir, load_model
@@ -492,14 +553,14 @@ def cmd_evaluate(args) -> int:
     check_model_dir(args.model)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise InputError("--max-new-tokens and --batch-size must be >= 1", field="max-new-tokens")
-    probes = load_probe_dir(_data_dir(args.data), ("forget", "retain"))
+    probes = load_probe_dir(_data_dir(args.data), ("forget", "retain"), args.format, parse_columns(args.columns))
     data = EvaluationData(forget=probes["forget"], retain=probes["retain"])
     if args.mia:
         mia_dir = _data_dir(args.mia)
         data.members = load_documents(mia_dir / "member.jsonl")
         data.nonmembers = load_documents(mia_dir / "nonmember.jsonl")
     if args.utility:
-        data.utility = load_probes(_probe_file(args.utility, "utility"))
+        data.utility = load_probe_file(_probe_file(args.utility, "utility"), side="utility")
     if args.heldout:
         data.heldout = load_documents(_probe_file(args.heldout, "heldout"))
     if args.mmlu:
@@ -536,7 +597,9 @@ def _print_summary(results: dict) -> None:
 
 def cmd_audit(args) -> int:
     from obliviate.audit.suites import AuditData, AuditSettings, check_request, run_audit
-    from obliviate.data.lume import load_documents, load_probe_dir, load_probes
+    from obliviate.data.formats import load_probe_dir
+    from obliviate.data.lume import load_documents, load_probes
+    from obliviate.data.rows import parse_columns
     from obliviate.distributed import device, is_main_process, world_size
     from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.models.loading import check_model_dir, load_model
@@ -551,7 +614,7 @@ def cmd_audit(args) -> int:
         if path is not None:
             check_model_dir(path)
     data_dir = _data_dir(args.data)
-    probes = load_probe_dir(data_dir, ("forget", "retain"))
+    probes = load_probe_dir(data_dir, ("forget", "retain"), args.format, parse_columns(args.columns))
     utility_path = data_dir / "utility.jsonl"
     data = AuditData(forget=probes["forget"], retain=probes["retain"],
                      nonmembers=load_documents(data_dir / "nonmember.jsonl"),
@@ -742,6 +805,9 @@ def cmd_tune(args) -> int:
         mia=args.mia, validation_fraction=args.validation_fraction, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite, base=_base_value(args.base))
     result = tune(request, log=lambda message: print(message, file=sys.stderr, flush=True))
+    from obliviate.manifest import write_manifest
+
+    write_manifest(args.out)  # tune writes OUT in place (it resumes): sealed once the search is done
     return 0 if result.best is not None else EXIT_COLLAPSED
 
 
@@ -830,8 +896,225 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _add_restor_parser(commands) -> None:
+    from obliviate.audit.restor import DEFAULT_METHODS as RESTOR_METHODS, JUDGES, PARTS, RestorSettings
+
+    defaults = RestorSettings()
+    restor = commands.add_parser(
+        "restor", help="RESTOR: corrupt a clean model with swapped facts, unlearn the corruption, measure recovery",
+        description="RESTOR (Rezaei et al. 2024): fine-tune the clean model (default: the micro benchmark's "
+                    "target) on its documents with facts swapped for other documents' values, mixed with correct "
+                    "context; unlearn the corruption documents with each method and seed; judge per fact whether "
+                    "the model answers as the clean model (recovered), as the corrupted one (corrupted) or "
+                    "neither. Writes OUT/results.json, OUT/report.md, OUT/facts.json, OUT/judgements.jsonl.")
+    restor.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    restor.add_argument("--methods", default=",".join(RESTOR_METHODS),
+                        help="comma-separated methods, each NAME or NAME:key=value:... as demo --methods "
+                             f"(default: {','.join(RESTOR_METHODS)})")
+    restor.add_argument("--seeds", default="0,1,2", type=_int_list,
+                        help="unlearning seeds per method (default 0,1,2)")
+    restor.add_argument("--facts", type=int, default=None,
+                        help="facts to corrupt, drawn per task in turn (default: every usable fact of the part)")
+    restor.add_argument("--fact-seed", type=int, default=defaults.fact_seed,
+                        help="seed of the choice of facts, of the swapped values and of the corruption "
+                             f"fine-tuning (default {defaults.fact_seed})")
+    restor.add_argument("--part", choices=PARTS, default=defaults.part,
+                        help="which part of the benchmark's documents (obliviate tune's split) to corrupt, with its "
+                             "retain documents as the context (default test: the methods' defaults were chosen on "
+                             "the validation part)")
+    restor.add_argument("--judge", choices=JUDGES, default=defaults.judge,
+                        help="exact: case- and space-insensitive exact match; rouge: ROUGE-L recall above "
+                             f"--rouge-threshold (default {defaults.judge})")
+    restor.add_argument("--rouge-threshold", type=float, default=defaults.rouge_threshold,
+                        help=f"for --judge rouge (default {defaults.rouge_threshold})")
+    restor.add_argument("--corruption-passes", type=int, default=defaults.corruption_passes,
+                        help="at most this many passes of corruption fine-tuning (default "
+                             f"{defaults.corruption_passes})")
+    restor.add_argument("--corruption-lr", type=float, default=defaults.corruption_learning_rate,
+                        help=f"peak learning rate of the corruption (default {defaults.corruption_learning_rate})")
+    restor.add_argument("--model", metavar="DIR",
+                        help="the clean model (default: the micro benchmark's target); with --data")
+    restor.add_argument("--data", metavar="DIR",
+                        help="forget.jsonl, retain.jsonl (optional utility.jsonl) whose documents the clean model "
+                             "knows, e.g. `obliviate micro`'s OUT/data (default: the bundled micro benchmark)")
+    restor.add_argument("--base", metavar="DIR",
+                        help="the pretrained base the clean model was fine-tuned from, for methods that need it "
+                             "(default with the micro target: the bundled base)")
+    restor.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
+    restor.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    restor.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"tokens generated per question, greedy (default {defaults.max_new_tokens})")
+    restor.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                        help=f"questions per generation batch (default {defaults.batch_size})")
+
+
+def cmd_restor(args) -> int:
+    from obliviate.audit.restor import RestorSettings, run_restor
+
+    if (args.model is None) != (args.data is None):
+        raise InputError("--model and --data go together (the clean model and the documents it knows)",
+                         field="model" if args.model is None else "data")
+    settings = RestorSettings(
+        methods=_csv(args.methods), seeds=args.seeds, facts=args.facts, fact_seed=args.fact_seed, part=args.part,
+        judge=args.judge, rouge_threshold=args.rouge_threshold, corruption_passes=args.corruption_passes,
+        corruption_learning_rate=args.corruption_lr, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size)
+    run_restor(settings, out=args.out, overwrite=args.overwrite, model=args.model, data=_restor_data(args.data),
+               base=args.base, cache_dir=args.cache_dir, command=_command_line(),
+               log=lambda message: print(message, file=sys.stderr, flush=True))
+    return 0
+
+
+def _restor_data(value: str | None) -> Path | None:
+    return None if value is None else _data_dir(value)
+
+
+def _add_forget_set_parser(commands) -> None:
+    from obliviate.data.worst_case import SelectionSettings
+
+    defaults = SelectionSettings(size=1)
+    forget_set = commands.add_parser(
+        "forget-set", help="select the worst-case forget set of a pool for a method (Fan et al. 2024)",
+        description="Choose the --worst-case m documents of --pool hardest to forget for --method: document "
+                    "weights w in [0,1]^N with sum m, the method's unlearning unrolled for --steps steps from the "
+                    "original model with each document's forget loss weighted by w, and projected gradient "
+                    "descent on w minimising the chosen documents' NLL after those steps; the m largest weights "
+                    "win. Writes every probe of the chosen documents to --out (LUME format) and "
+                    "<out stem>.selection.json beside it. Method options come as key=value after the flags.")
+    forget_set.add_argument("--worst-case", metavar="M", type=int, required=True,
+                            help="how many documents to choose")
+    forget_set.add_argument("--method", required=True,
+                            help="the unlearning method the set should resist (GradAscent, GradDiff, NPO, SimNPO)")
+    forget_set.add_argument("options", nargs="*", metavar="key=value",
+                            help="method or training options, as `obliviate unlearn` takes them")
+    forget_set.add_argument("--pool", metavar="FILE", required=True,
+                            help="LUME file (.jsonl or .parquet) of the candidate documents' probes, or 'bundled': "
+                                 "the micro benchmark's test part (forget and retain documents)")
+    forget_set.add_argument("--out", metavar="FILE", required=True,
+                            help="the forget set to write (.jsonl or .parquet); the record goes to "
+                                 "<stem>.selection.json beside it")
+    forget_set.add_argument("--model", metavar="DIR",
+                            help="the model to unlearn from (see unlearn --model; default: the micro benchmark's "
+                                 "target)")
+    forget_set.add_argument("--retain", metavar="FILE",
+                            help="LUME retain documents kept in every unlearning run, besides the pool's unchosen "
+                                 "documents")
+    forget_set.add_argument("--rest", metavar="FILE",
+                            help="also write the pool's other documents here (a retain set for `obliviate unlearn`)")
+    forget_set.add_argument("--steps", type=int, default=defaults.unroll_steps,
+                            help=f"K, unlearning steps unrolled (default {defaults.unroll_steps})")
+    forget_set.add_argument("--iterations", type=int, default=defaults.iterations,
+                            help=f"projected gradient steps on the weights (default {defaults.iterations})")
+    forget_set.add_argument("--inner-lr", type=float, default=defaults.inner_lr,
+                            help=f"length of each unrolled, normalised step (default {defaults.inner_lr})")
+    forget_set.add_argument("--outer-lr", type=float, default=defaults.outer_lr,
+                            help=f"largest change of one weight per iteration (default {defaults.outer_lr})")
+    forget_set.add_argument("--unroll-layers", type=int, default=defaults.unroll_layers,
+                            help="the last decoder layers that move in the unrolled steps; 0: every weight "
+                                 f"(default {defaults.unroll_layers})")
+    forget_set.add_argument("--seed", type=int, default=defaults.seed,
+                            help=f"seed of the starting weights and of the random sets (default {defaults.seed})")
+    forget_set.add_argument("--compare-random", type=int, default=0, metavar="N",
+                            help="then unlearn the chosen set and N random sets of the same size (the rest of the "
+                                 "pool as retain) and print their scores side by side (default 0: no comparison)")
+    forget_set.add_argument("--overwrite", action="store_true", help="replace --out (and its record) if they exist")
+    _add_generation_options(forget_set)
+    forget_set.set_defaults(batch_size=32)
+
+
+def cmd_forget_set(args) -> int:
+    import json
+
+    from obliviate.config import parse_key_values
+    from obliviate.data.worst_case import ForgetSetRequest, comparison_table, record_path, run_forget_set
+
+    request = ForgetSetRequest(
+        size=args.worst_case, method=args.method, pool=args.pool, out=args.out,
+        options=parse_key_values(args.options), model=args.model, retain=args.retain, rest=args.rest,
+        settings={"unroll_steps": args.steps, "iterations": args.iterations, "inner_lr": args.inner_lr,
+                  "outer_lr": args.outer_lr, "unroll_layers": args.unroll_layers, "seed": args.seed},
+        compare_random=args.compare_random, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        overwrite=args.overwrite, command=_command_line())
+    record = run_forget_set(request, log=lambda message: print(message, file=sys.stderr, flush=True))
+    if "comparison" in record:
+        print(comparison_table(record["comparison"]))
+    print(json.dumps({"out": args.out, "record": str(record_path(args.out)), "method": record["method"],
+                      "chosen": record["chosen"], "objective_chosen": round(record["objective_chosen"], 4),
+                      "objective_uniform": round(record["objective_uniform"], 4)}))
+    return 0
+
+
 def _command_line() -> str:
     return "obliviate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _add_verify_parser(commands) -> None:
+    verify = commands.add_parser(
+        "verify", help="check an output directory against its manifest.json (the audit trail)",
+        description="Hash every file of OUT again and compare with OUT/manifest.json, written by the command that "
+                    "made OUT: one line per changed, missing or extra file. Exit status 0 when OUT is exactly "
+                    "what the manifest says, 1 when it is not, 2 without a readable manifest.")
+    verify.add_argument("directory", metavar="OUT", help="an output directory written by obliviate")
+    verify.add_argument("--inputs", action="store_true",
+                        help="also hash again the recorded input files (model, data) that still exist")
+
+
+def cmd_verify(args) -> int:
+    from obliviate.manifest import verify
+
+    verdict = verify(args.directory, inputs=args.inputs)
+    for line in verdict.problems + verdict.notes:
+        print(line)
+    inputs = f", {verdict.inputs_checked} input files" if args.inputs else ""
+    if verdict.ok:
+        print(f"{args.directory}: verified: {verdict.checked} files match manifest.json{inputs}")
+        return 0
+    print(f"{args.directory}: does NOT match manifest.json ({len(verdict.problems)} problems; "
+          f"{verdict.checked} files checked{inputs})")
+    return 1
+
+
+# Options that name what a command reads: recorded, with their hashes, in OUT/manifest.json.
+INPUT_OPTIONS = ("model", "base", "forget", "retain", "data", "mia", "utility", "heldout", "oracle", "reference",
+                 "config", "train", "mmlu", "gate", "pool", "rest")
+
+
+def _manifest_inputs(args) -> dict[str, Path]:
+    """The existing files and directories the command line names as inputs ('bundled' resolved)."""
+    from obliviate.data.micro import bundled_dir
+
+    found: dict[str, Path] = {}
+    for role in INPUT_OPTIONS:
+        value = getattr(args, role, None)
+        values = value if isinstance(value, list) else [value]
+        for i, item in enumerate(values):
+            if not isinstance(item, str):
+                continue
+            if item == BUNDLED:
+                if role in ("model", "base"):
+                    from obliviate.models.base import bundled_base_dir
+
+                    path = bundled_base_dir()
+                elif role in ("data", "mia"):
+                    path = bundled_dir()
+                else:
+                    path = bundled_dir() / f"{role}.jsonl"
+            else:
+                path = Path(item)
+            if path.exists():
+                found[role if len(values) == 1 else f"{role}[{i}]"] = path
+    return found
+
+
+def _check_apart(out: str, inputs: dict[str, Path]) -> None:
+    """Inputs are only ever read: an output that would replace one or be written inside one is refused."""
+    target = Path(out).resolve()
+    for role, path in inputs.items():
+        source = path.resolve()
+        if target == source or source in target.parents or (target.exists() and target in source.parents):
+            how = "is inside" if source in target.parents else "is" if target == source else "holds"
+            raise InputError(f"the output directory {how} the input --{role.split('[')[0]} {path}; inputs are "
+                             "only read: choose another --out", path=out, field="out")
 
 
 def _versions() -> dict:
@@ -851,6 +1134,9 @@ COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evalu
 COMMANDS["tune"] = cmd_tune
 COMMANDS["dp2"] = cmd_dp2
 COMMANDS["base"] = cmd_base
+COMMANDS["verify"] = cmd_verify
+COMMANDS["restor"] = cmd_restor
+COMMANDS["forget-set"] = cmd_forget_set
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -861,9 +1147,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        out = getattr(args, "out", None)
+        if out is None:
+            return COMMANDS[args.command](args)
+        from obliviate import manifest
+
+        inputs = _manifest_inputs(args)
+        _check_apart(out, inputs)
+        words = list(sys.argv[1:] if argv is None else argv)
+        with manifest.recording(out, command="obliviate " + " ".join(shlex.quote(a) for a in words),
+                                argv=words, inputs=inputs):
+            return COMMANDS[args.command](args)
     except InputError as error:
         print(f"obliviate {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as error:
+        from obliviate.io import NO_ROOM
+
+        if error.errno not in NO_ROOM:
+            raise
+        print(f"obliviate {args.command}: error: {error.filename or ''}{': ' if error.filename else ''}"
+              f"{os.strerror(error.errno)}", file=sys.stderr)
         return EXIT_INPUT
 
 

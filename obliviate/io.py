@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,10 +32,10 @@ def sha256_json(value: Any) -> str:
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse an existing output directory unless ``overwrite``; called before any work starts."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError("output directory exists (pass --overwrite to replace it)", path=out)
     if out.exists() and not out.is_dir():
         raise InputError("output path exists and is not a directory", path=out)
+    if out.exists() and not overwrite:
+        raise InputError("output directory exists (pass --overwrite to replace it)", path=out)
     return out
 
 
@@ -42,13 +43,18 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; rename it to ``out`` only if the block completes.
 
-    A failure leaves neither a half-written ``out`` nor the temporary directory behind.
+    A failure leaves neither a half-written ``out`` nor the temporary directory behind. When the command
+    declared ``out`` as its result (``obliviate.manifest.recording``), ``out/manifest.json`` is written last.
+    A full disk is reported as an ``InputError`` naming ``out`` (one line, exit status 2).
     """
+    from obliviate import manifest
+
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        manifest.seal(tmp, out)
         if out.exists():
             # Move the old directory aside first so that a crash never leaves no result at all.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -57,9 +63,26 @@ def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno in NO_ROOM:
+            raise InputError(f"cannot write the output: {os.strerror(error.errno)}{_inside(error, tmp)}; "
+                             "nothing was written", path=out) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# A write that fails for want of room, not because of what was written.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _inside(error: OSError, tmp: Path) -> str:
+    """' (at NAME)' for the file of ``tmp`` being written when ``error`` struck, if it says."""
+    with contextlib.suppress(TypeError, ValueError):
+        return f" (at {Path(error.filename).relative_to(tmp).as_posix()})"
+    return ""
 
 
 def write_json_atomic(path: str | Path, value: Any) -> None:

@@ -169,3 +169,4 @@ def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, 
     assert {"forget.jsonl", "retain.jsonl", "utility.jsonl"} <= {p.name for p in (out / "test").iterdir()}
     target = json.loads((out / "target.json").read_text())
     assert target["scores"]["utility"] is not None
+    assert main(["verify", str(out), "--inputs"]) == 0  # sealed once the search is done, resumed or not

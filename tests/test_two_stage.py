@@ -61,7 +61,7 @@ def test_micro_command_with_a_tiny_saved_base(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "micro"
     assert main(["micro", "--base", str(tiny_model_dir), "--max-passes", "1", "--cache-dir", str(tmp_path / "c"),
                  "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} == {"data", "target", "oracle", "base"}
+    assert {p.name for p in out.iterdir()} == {"data", "target", "oracle", "base", "manifest.json"}
     record = json.loads((out / "target" / "memorisation.json").read_text())
     assert record["passes"] == 1 and record["base"] == str(tiny_model_dir)
     assert (out / "data" / "heldout.jsonl").is_file()
@@ -122,3 +122,39 @@ def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsy
 
     whole = plan("GradDiff").training.max_steps
     assert run["steps"] == round(whole * len(test.forget) / len(load_bundled().forget)) < whole
+
+
+def test_interrupted_demo_continues_where_it_stopped(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A demo stopped after its first unlearning run, started again with the same command, redoes only what
+    had not finished and reports what an uninterrupted demo reports."""
+    import obliviate.training.unlearn as unlearning
+    from obliviate.cli import main
+
+    def command(out):
+        return ["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff", "--seeds",
+                "0,1", "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]
+
+    assert main(command(tmp_path / "whole")) == 0
+    original, calls = unlearning.unlearn, []
+
+    def stopped_on_second_run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if killed: the first run's evaluation is already kept
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(unlearning, "unlearn", stopped_on_second_run)
+    out = tmp_path / "demo"
+    with pytest.raises(KeyboardInterrupt):
+        main(command(out))
+    assert not out.exists() and (tmp_path / ".demo.resume" / "runs" / "GradDiff@seed0.json").is_file()
+    capsys.readouterr()
+    calls.clear()
+    assert main(command(out)) == 0
+    assert len(calls) == 1, "only the unfinished run is unlearnt again"
+    assert "GradDiff@seed0: finished before the interruption" in capsys.readouterr().err
+    assert not (tmp_path / ".demo.resume").exists()
+    whole, resumed = (json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", out))
+    for expected, got in zip(whole["rows"], resumed["rows"]):
+        assert {k: v for k, v in got.items() if k not in ("wall_seconds", "std", "peak_memory_mib")} == \
+            {k: v for k, v in expected.items() if k not in ("wall_seconds", "std", "peak_memory_mib")}

@@ -23,7 +23,7 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError("file not found", path=path)
+        raise InputError("not a file" if path.exists() else "file not found", path=path)
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
         return

@@ -32,7 +32,7 @@ def check_model_dir(path: str | Path) -> Path | None:
     """Validate a model directory; returns the GGUF file to load when the directory holds one instead."""
     path = Path(path)
     if not path.is_dir():
-        raise InputError("model directory not found", path=path)
+        raise InputError("not a directory" if path.exists() else "model directory not found", path=path)
     if is_wrapper_dir(path):  # models combined at inference (ULD): its parts are checked instead
         check_wrapper_dir(path)
         return None
@@ -44,11 +44,26 @@ def check_model_dir(path: str | Path) -> Path | None:
             raise InputError(f"several .gguf files and no config.json: {', '.join(p.name for p in ggufs)}",
                              path=path)
         raise InputError("not a Hugging Face model directory: no config.json", path=path)
+    _check_config_json(path / "config.json")
     if not any((path / name).is_file() for name in WEIGHT_FILES) and not list(path.glob("*.safetensors")):
         raise InputError("no model weights (model.safetensors or pytorch_model.bin)", path=path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise InputError("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)", path=path)
     return None
+
+
+def _check_config_json(path: Path) -> None:
+    import json
+
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"not UTF-8 text (byte at offset {error.start})", path=path) from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"malformed JSON ({error.msg} at column {error.colno})", path=path,
+                         line=error.lineno) from None
+    if not isinstance(config, dict):
+        raise InputError("expected a JSON object", path=path)
 
 
 def torch_dtype(name: str):
@@ -69,13 +84,19 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str | None =
         return load_wrapper(path, dtype=dtype, device=device)
     gguf = check_model_dir(path)
     kwargs = {"gguf_file": gguf.name} if gguf else {}
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         with _loading_bar(_weight_bytes(path)):
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), **kwargs)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # a damaged weights file raises SafetensorError
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"cannot load model: {first_line}", path=path) from None
+        raise InputError(f"cannot load model: {first_line}", path=gguf or path) from None
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # fewer tokens than rows is common (padded embeddings); more would index past the end
+        raise InputError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows: "
+                         "a mismatched tokenizer", path=path, field="vocab_size")
     if gguf is not None:
         # transformers dequantises GGUF weights on load into ordinary tensors; drop the quantisation record
         # so that the model trains and saves as the plain checkpoint it now is.
