@@ -25,8 +25,10 @@ On obliviate's micro benchmark:
   differs from the clean one;
 * **corrupted model**: the clean model fine-tuned on the corruption documents mixed with correct context (the
   part's retain documents and their questions, which the clean model already knew), with the fine-tuning loop
-  the benchmark's target was built with (:func:`obliviate.models.micro.train_memoriser`), until it reproduces
-  the corruption documents and their swapped answers and still knows the context (or a pass cap);
+  the benchmark's target was built with (:func:`obliviate.models.micro.train_memoriser`), the rest of the
+  benchmark's documents replayed under KL to the clean model (as the target's recipe replays pretraining text
+  under KL to the base), until it reproduces the corruption documents and their swapped answers and still
+  knows the context (or a pass cap);
 * **unlearning**: each method unlearns the corruption documents (forget set) with the context as retain set,
   several seeds; the methods' defaults count steps for the whole benchmark's forget set, so they are scaled to
   the corruption set's size as the demo scales them to the test part;
