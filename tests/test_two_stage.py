@@ -70,7 +70,9 @@ def test_micro_command_with_a_tiny_saved_base(tiny_model_dir, tmp_path, capsys):
 def test_base_must_be_a_model_directory(tmp_path, capsys):
     from obliviate.cli import main
 
-    assert main(["micro", "--base", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    empty = tmp_path / "base"
+    empty.mkdir()
+    assert main(["micro", "--base", str(empty), "--out", str(tmp_path / "out")]) == 2
     assert "no config.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 

@@ -195,38 +195,40 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
                         collate_fn=_collate(pad_id), generator=torch.Generator().manual_seed(config.seed))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
-    private_model, optimizer, loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=config.max_grad_norm, poisson_sampling=True, noise_generator=torch.Generator().manual_seed(
-            config.seed + 1))
-    steps, skipped, history = 0, 0, []
-    # opacus' per-example gradient hooks fire on module outputs (the token ids need no gradient), which torch
-    # reports on every step; the gradients they capture are the ones wanted.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-    # secure_mode (a cryptographically secure noise source) is off, so that a seeded run is reproducible; the
-    # record says so instead of opacus warning on every run.
-    warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
-    with progress_bar(total=config.epochs, desc=desc, unit="epoch") as bar:
-        for epoch in range(1, config.epochs + 1):
-            total, count = 0.0, 0
-            for input_ids, mask in loader:
-                if input_ids.size(0) == 0:
-                    skipped += 1
-                    continue
-                logits = private_model(input_ids=input_ids, attention_mask=mask).logits
-                losses = per_example_loss(logits, input_ids, mask)
-                losses.mean().backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                steps += 1
-                total += float(losses.detach().sum())
-                count += input_ids.size(0)
-            history.append({"epoch": epoch, "loss": total / max(count, 1)})
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+    with warnings.catch_warnings():
+        # opacus' per-example gradient hooks fire on module outputs (the token ids need no gradient), which torch
+        # reports on every step; the gradients they capture are the ones wanted.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        # secure_mode (a cryptographically secure noise source) is off, so that a seeded run is reproducible; the
+        # record says so instead of opacus warning on every run.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
+        private_model, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+            max_grad_norm=config.max_grad_norm, poisson_sampling=True,
+            noise_generator=torch.Generator().manual_seed(config.seed + 1))
+        steps, skipped, history = 0, 0, []
+        with progress_bar(total=config.epochs, desc=desc, unit="epoch") as bar:
+            for epoch in range(1, config.epochs + 1):
+                total, count = 0.0, 0
+                for input_ids, mask in loader:
+                    if input_ids.size(0) == 0:
+                        skipped += 1
+                        continue
+                    logits = private_model(input_ids=input_ids, attention_mask=mask).logits
+                    losses = per_example_loss(logits, input_ids, mask)
+                    losses.mean().backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    steps += 1
+                    total += float(losses.detach().sum())
+                    count += input_ids.size(0)
+                history.append({"epoch": epoch, "loss": total / max(count, 1)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     spent = float(engine.get_epsilon(config.delta))
-    private_model.remove_hooks() if hasattr(private_model, "remove_hooks") else None
+    if hasattr(private_model, "remove_hooks"):
+        private_model.remove_hooks()
     model = private_model._module
     if config.lora_rank > 0:
         model = merge_lora(model)
