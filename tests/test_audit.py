@@ -193,7 +193,8 @@ def test_audit_command_runs_every_suite(tmp_path, tiny_model_dir, tiny_lume_dir,
     # The original (--reference) is the audited model itself: nothing changed since it, AUC 0.5.
     assert report["mia"]["forget_vs_nonmember"]["loss_drop_since_original"]["auc"]["value"] == pytest.approx(0.5)
     assert set(report["tofu"]) == {"forget_quality", "forget_truth_ratio", "forget_probability",
-                                   "retain_utility_hmean", "questions"}
+                                   "retain_utility_hmean", "questions", "perturbations"}
+    assert report["tofu"]["perturbations"]["perturbed_answers"] == "borrowed"  # LUME rows carry none
     assert report["muse"]["verbmem_forget"]["ideal_from"] == "oracle"
     assert report["muse"]["privleak"]["convention"].startswith("MUSE (Shi et al. 2024) reference code")
     assert report["distance"]["kl_to_oracle_forget"]["value"] > 0

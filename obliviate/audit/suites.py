@@ -87,6 +87,19 @@ def check_request(settings: AuditSettings, have_oracle: bool, have_reference: bo
                          "--mia-attacks", field=need)
 
 
+DOCUMENT_SUITES = ("mia", "muse")  # they measure the forget set's documents (its sentence-completion rows)
+
+
+def check_data(settings: AuditSettings, data: AuditData) -> None:
+    """Fail before any model loads when a requested suite has nothing to measure in this data: a forget set of
+    question rows only (TOFU-style data) has no documents."""
+    needing = [suite for suite in settings.suites if suite in DOCUMENT_SUITES]
+    if needing and not data.members:
+        raise InputError(f"{', '.join(needing)}: these suites measure the forget set's documents (sentence-"
+                         "completion rows) and it has none, only questions: leave them out with --suites (tofu and "
+                         "attacks work on questions)", field="suites")
+
+
 def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, oracle=None, reference=None,
               log: Callable[[str], None] = lambda message: None, seconds: dict | None = None) -> dict:
     """Every requested suite's metrics; ``seconds`` (if given) receives each suite's wall time.
@@ -97,6 +110,7 @@ def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, ora
     import time
 
     check_request(settings, oracle is not None, reference is not None)
+    check_data(settings, data)
     results = {}
     global _shared
     _shared = _SharedWork({id(m) for m in (model, oracle, reference) if m is not None})
@@ -276,31 +290,38 @@ def muse_suite(model, tokenizer, data, settings, *, oracle=None, reference=None)
 
 def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
     from obliviate.audit.lume import regurgitation_score
-    from obliviate.audit.tofu import (TOFU_CODE, forget_quality, forget_truth_ratio, perturbed_answers,
-                                      retain_utility_hmean, truth_ratios)
+    from obliviate.audit.tofu import (TOFU_CODE, describe_source, forget_quality, forget_truth_ratio,
+                                      perturbation_plan, retain_utility_hmean, truth_ratios)
 
     pool = data.forget + data.retain + data.utility
-    perturbations = perturbed_answers(data.forget + data.retain, pool)
-    forget_model = truth_ratios(model, tokenizer, data.forget, perturbations)
-    forget_oracle = truth_ratios(oracle, tokenizer, data.forget, perturbations)
-    retain_model = truth_ratios(model, tokenizer, data.retain, perturbations)
+    # The data's own perturbed answers and paraphrases (TOFU-style files) where it has them, else borrowed ones.
+    perturbations, paraphrases, source = perturbation_plan(data.forget + data.retain, pool)
+    answers_from = describe_source(source)
+    forget_model = truth_ratios(model, tokenizer, data.forget, perturbations, paraphrases)
+    forget_oracle = truth_ratios(oracle, tokenizer, data.forget, perturbations, paraphrases)
+    retain_model = truth_ratios(model, tokenizer, data.retain, perturbations, paraphrases)
     questions = [p for p in _knowledge(data.retain) if p.id in retain_model]
     answers = _generate(model, tokenizer, [p.input for p in questions], settings, settings.answer_tokens)
     rouge = [regurgitation_score(p.output, a) for p, a in zip(questions, answers)]
     model_ratios = [r["truth_ratio"] for r in forget_model.values()]
     oracle_ratios = [r["truth_ratio"] for r in forget_oracle.values()]
+    # TOFU's statistics are over questions: a set of plain documents has none, and its values are None.
+    forget_asked, retain_asked = bool(forget_model), bool(questions)
     return {
-        "forget_quality": metric(forget_quality(model_ratios, oracle_ratios), "higher", 1.0,
-                                 convention=f"{TOFU_CODE}, the answer in place of its paraphrase"),
-        "forget_truth_ratio": metric(forget_truth_ratio(model_ratios), "closer", forget_truth_ratio(oracle_ratios),
-                                     convention=f"{TOFU_CODE}: mean(min(R, 1/R))", ideal_from="oracle"),
-        "forget_probability": metric(statistics.mean(r["probability"] for r in forget_model.values()), "lower",
-                                     None, convention=TOFU_CODE),
+        "forget_quality": metric(forget_quality(model_ratios, oracle_ratios) if forget_asked else None, "higher",
+                                 1.0, convention=f"{TOFU_CODE}, {answers_from}"),
+        "forget_truth_ratio": metric(forget_truth_ratio(model_ratios) if forget_asked else None, "closer",
+                                     forget_truth_ratio(oracle_ratios) if forget_asked else None,
+                                     convention=f"{TOFU_CODE}: mean(min(R, 1/R)), {answers_from}",
+                                     ideal_from="oracle"),
+        "forget_probability": metric(statistics.mean(r["probability"] for r in forget_model.values())
+                                     if forget_asked else None, "lower", None, convention=TOFU_CODE),
         "retain_utility_hmean": metric(
             retain_utility_hmean([retain_model[p.id]["probability"] for p in questions], rouge,
-                                 [retain_model[p.id]["truth_ratio"] for p in questions]), "higher", 1.0,
-            convention=f"{TOFU_CODE}: its 3 retain terms only, not its 9-term model utility"),
+                                 [retain_model[p.id]["truth_ratio"] for p in questions]) if retain_asked else None,
+            "higher", 1.0, convention=f"{TOFU_CODE}: its 3 retain terms only, not its 9-term model utility"),
         "questions": {"forget": len(forget_model), "retain": len(questions)},
+        "perturbations": source,
     }
 
 
@@ -312,7 +333,8 @@ def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=N
     for name, docs in groups.items():
         per_doc = shard_map(lambda chunk: kl_to_oracle(model, oracle, tokenizer, [d.text for d in chunk],
                                                        settings.batch_size), docs)
-        result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc), "lower", 0.0,
+        # A set without documents (question rows only) has no value.
+        result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc) if per_doc else None, "lower", 0.0,
                                                 convention="obliviate: mean per-token KL(oracle || model)")
     return result
 
@@ -320,7 +342,9 @@ def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=N
 def memorisation_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
     from obliviate.audit.memorisation import CONVENTIONS, exact_memorisation, extraction_strength
 
-    def mean_of(which_model, docs) -> dict[str, float]:
+    def mean_of(which_model, docs) -> dict[str, float | None]:
+        if not docs:  # a set of question rows only has no documents to measure
+            return {"exact_memorisation": None, "extraction_strength": None}
         hits = [s.argmax_hits for s in _token_statistics(which_model, tokenizer, docs, settings)]
         return {"exact_memorisation": statistics.mean(map(exact_memorisation, hits)),
                 "extraction_strength": statistics.mean(map(extraction_strength, hits))}

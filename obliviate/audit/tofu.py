@@ -7,10 +7,12 @@ Conventions follow TOFU's reference code (locuslab/tofu, ``aggregate_eval_stat.p
   end-of-answer token included (TOFU's labels end with EOS), i.e. ``exp(-mean NLL)``.
 * Truth ratio ``R``: the geometric mean of the perturbed (wrong) answers' normalised probabilities, divided by
   the correct answer's: ``exp(mean NLL_correct - mean over wrong of NLL_wrong)``. TOFU divides by a paraphrase
-  of the correct answer; LUME has no paraphrases, so the answer itself is used. Perturbed answers are built
-  from the data: answers to the same question slot (same task and ``qaN`` suffix, e.g. every Task2 ``qa1`` asks
-  for the same kind of personal detail) of other documents. (TOFU's code stores ``1 / R``; every statistic
-  below reads the same either way.)
+  of the correct answer; LUME has no paraphrases, so the answer itself is used unless the data gives one
+  (TOFU's ``paraphrased_answer``, kept on the probe; several are averaged in log space). Perturbed answers are
+  the data's own where it gives them (TOFU's ``perturbed_answer``); otherwise they are built from the data:
+  answers to the same question slot (same task and ``qaN`` suffix, e.g. every Task2 ``qa1`` asks for the same
+  kind of personal detail) of other documents. :func:`perturbation_plan` says which source each question used.
+  (TOFU's code stores ``1 / R``; every statistic below reads the same either way.)
 * Forget quality: the p-value of a two-sample Kolmogorov-Smirnov test (scipy) between the model's and the
   oracle's truth ratios on the forget set. Higher is better; a small p-value says the distributions differ.
 * Forget truth ratio: ``mean(min(R, 1 / R))`` over the forget set; 1 = no preference for the correct answer.
@@ -57,6 +59,38 @@ def perturbed_answers(probes: Sequence[Probe], pool: Sequence[Probe], count: int
     return chosen
 
 
+def perturbation_plan(probes: Sequence[Probe], pool: Sequence[Probe], count: int = 3,
+                      seed: int = 0) -> tuple[dict[str, list[str]], dict[str, list[str]], dict]:
+    """``(perturbations, paraphrases, source)`` for the knowledge probes: a probe's own perturbed answers when its
+    data gave them, else answers borrowed by :func:`perturbed_answers`; its own paraphrases when given. ``source``
+    counts each kind and names the perturbations' source: ``provided``, ``borrowed``, ``mixed`` or ``none``."""
+    perturbations = perturbed_answers(probes, pool, count=count, seed=seed)
+    provided = {p.id: list(p.perturbed_answers) for p in probes
+                if p.kind is ProbeKind.KNOWLEDGE and p.perturbed_answers}
+    perturbations.update(provided)
+    paraphrases = {p.id: list(p.paraphrased_answers) for p in probes
+                   if p.kind is ProbeKind.KNOWLEDGE and p.paraphrased_answers and perturbations.get(p.id)}
+    borrowed = sum(1 for key, answers in perturbations.items() if answers and key not in provided)
+    kind = ("mixed" if provided and borrowed else "provided" if provided else "borrowed" if borrowed else "none")
+    used = sum(1 for answers in perturbations.values() if answers)
+    source = {"perturbed_answers": kind, "provided": len(provided), "borrowed": borrowed,
+              "paraphrased": len(paraphrases), "answer_as_paraphrase": used - len(paraphrases)}
+    return perturbations, paraphrases, source
+
+
+def describe_source(source: dict) -> str:
+    """One phrase for a metric's convention: where the truth ratio's answers came from."""
+    perturbed = {"provided": "perturbed answers from the data",
+                 "borrowed": "perturbed answers borrowed from other documents",
+                 "mixed": f"perturbed answers from the data ({source['provided']}) or borrowed ({source['borrowed']})",
+                 "none": "no perturbed answers"}[source["perturbed_answers"]]
+    if source["paraphrased"] and not source["answer_as_paraphrase"]:
+        return f"{perturbed}, paraphrases from the data"
+    if source["paraphrased"]:
+        return f"{perturbed}, paraphrases from the data ({source['paraphrased']}) or the answer itself"
+    return f"{perturbed}, the answer in place of its paraphrase"
+
+
 def answer_labels(tokenizer, question: str, answer: str) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of ``question + " " + answer`` followed by the end-of-answer token; the labels
     mask the question, so they cover the answer's tokens and EOS, as TOFU's do."""
@@ -100,22 +134,29 @@ def truth_ratio(correct_log_prob: float, perturbed_log_probs: Sequence[float]) -
     return math.exp(statistics.mean(perturbed_log_probs) - correct_log_prob)
 
 
-def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[str, list[str]]) -> dict[str, dict]:
-    """Per knowledge probe with perturbed answers: normalised answer probability and truth ratio."""
+def truth_ratios(model, tokenizer, probes: Sequence[Probe], perturbations: dict[str, list[str]],
+                 paraphrases: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Per knowledge probe with perturbed answers: normalised answer probability and truth ratio (against the
+    mean log-probability of its ``paraphrases`` where given, as TOFU's, else of the answer itself)."""
     from obliviate.distributed import shard_map
 
+    paraphrases = paraphrases or {}
     items = [p for p in probes if p.kind is ProbeKind.KNOWLEDGE and perturbations.get(p.id)]
     pairs, spans = [], []
     for probe in items:
         start = len(pairs)
         pairs.append((probe.input, probe.output))
+        pairs += [(probe.input, paraphrase) for paraphrase in paraphrases.get(probe.id, [])]
+        middle = len(pairs)
         pairs += [(probe.input, wrong) for wrong in perturbations[probe.id]]
-        spans.append((start, len(pairs)))
+        spans.append((start, middle, len(pairs)))
     log_probs = shard_map(lambda chunk: answer_log_probs(model, tokenizer, chunk), pairs)
     results = {}
-    for probe, (start, end) in zip(items, spans):
-        correct, wrong = log_probs[start], log_probs[start + 1:end]
-        results[probe.id] = {"probability": math.exp(correct), "truth_ratio": truth_ratio(correct, wrong)}
+    for probe, (start, middle, end) in zip(items, spans):
+        answer = log_probs[start]
+        correct = statistics.mean(log_probs[start + 1:middle]) if middle > start + 1 else answer
+        results[probe.id] = {"probability": math.exp(answer),
+                             "truth_ratio": truth_ratio(correct, log_probs[middle:end])}
     return results
 
 

@@ -23,13 +23,20 @@ def probe_kind(probe_id: str) -> ProbeKind | None:
 
 @dataclass(frozen=True)
 class Probe:
-    """One LUME row: a prompt (``input``) and the expected ``output``."""
+    """One LUME row: a prompt (``input``) and the expected ``output``.
+
+    ``paraphrased_answers`` and ``perturbed_answers`` are optional extras of a question row that its data
+    provided (TOFU's ``paraphrased_answer`` and ``perturbed_answer``): the TOFU audit's truth ratio uses them in
+    place of the answer itself and of answers borrowed from other documents. LUME rows have none.
+    """
 
     id: str
     task: str
     input: str
     output: str
     split: str = ""
+    paraphrased_answers: tuple[str, ...] = ()
+    perturbed_answers: tuple[str, ...] = ()
 
     @property
     def kind(self) -> ProbeKind:
