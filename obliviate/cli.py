@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(tune)
 
     _add_dp2_parser(commands)
+    from obliviate.vision.cli import add_parser as add_vision_parser
+
+    add_vision_parser(commands)
     _add_verify_parser(commands)
 
     _add_restor_parser(commands)
@@ -448,6 +451,13 @@ def cmd_unlearn(args) -> int:
             raise InputError(f"method {run_plan.method_name} needs --base: the pretrained model --model was "
                              "fine-tuned from", field="base")
         base_dir = resolve_base(args.base)
+    from obliviate.distributed import device, is_main_process, sharding_engine, wait_for_everyone, world_size
+
+    engine = sharding_engine()
+    if engine is not None and hasattr(method_cls, "run"):
+        raise InputError(f"{run_plan.method_name} trains and edits weights outside one Trainer run (its own loop or "
+                         f"weight arithmetic), which {engine} shards across processes: run it in one process or "
+                         "under plain DDP", field="method")
     checkpointing = None
     every = args.checkpoint_every if args.checkpoint_every is not None else max(1, run_plan.training.max_steps // 5)
     if every < 0:
@@ -462,25 +472,37 @@ def cmd_unlearn(args) -> int:
                        "plan": run_plan.options(), "method": run_plan.method_name, "dtype": args.dtype,
                        "base": str(base_dir) if base_dir else None}
     started = time.time()
-    loaded = load_model(args.model, dtype=args.dtype)
+    # Each process loads onto its own device (cuda:LOCAL_RANK under accelerate launch); the Trainer wraps it.
+    loaded = load_model(args.model, dtype=args.dtype, device=str(device()))
+    from obliviate.memory import estimate_line, training_estimate
+
+    estimate = training_estimate(loaded.model, run_plan.training, method_cls, world_size=world_size(), engine=engine,
+                                 default_layers=getattr(method_cls, "default_train_layers", None))
+    if is_main_process():
+        _log(estimate_line(estimate))
     if every > 0:  # once the model has loaded: a model that cannot be read leaves no checkpoint directory behind
-        checkpointing = prepare(args.out, fingerprint, every, log=_log)
+        from obliviate.training.resume import Checkpointing, resume_dir
+
+        if is_main_process():  # one process decides whether old checkpoints belong to this run
+            prepare(args.out, fingerprint, every, log=_log)
+        wait_for_everyone()
+        checkpointing = Checkpointing(resume_dir(args.out), every)
     gate_texts = [p.training_text for p in (retain or forget)][:64]
     if not args.no_gate:
         from obliviate.training.gate import measure
 
         before = measure(loaded.model, loaded.tokenizer, gate_texts)
     result = unlearn(loaded.model, loaded.tokenizer, forget, retain, run_plan,
-                     reference_loader=lambda: load_model(args.model, dtype=args.dtype).model,
-                     base_loader=(lambda: load_model(base_dir, dtype=args.dtype).model) if base_dir else None,
-                     checkpointing=checkpointing)
+                     reference_loader=lambda: load_model(args.model, dtype=args.dtype, device=str(device())).model,
+                     base_loader=(lambda: load_model(base_dir, dtype=args.dtype, device=str(device())).model)
+                     if base_dir else None, checkpointing=checkpointing)
     inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
               "forget_sha256": sha256_file(forget_path)}
     if retain_path is not None:
         inputs.update(retain=str(retain_path), retain_sha256=sha256_file(retain_path))
     if base_dir is not None:
         inputs["base"] = str(Path(base_dir).resolve())
-    record = {**result.record, "inputs": inputs, "command": _command_line(),
+    record = {**result.record, "inputs": inputs, "command": _command_line(), "memory_estimate": estimate,
               "total_seconds": time.time() - started, "dtype": args.dtype,
               "versions": _versions(), "platform": platform.platform()}
     outcome = "passed"
@@ -495,6 +517,8 @@ def cmd_unlearn(args) -> int:
                           "before": before, "after": after, "thresholds": vars(thresholds)}
     # A model that failed the gate is still written, but not where a pipeline would take it for a result.
     model_name = "model" if outcome == "passed" else f"model-{outcome}"
+    if not is_main_process():  # every process holds the same trained model; one writes it
+        return 0 if outcome == "passed" else 3
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
         save_model(result.model, loaded.tokenizer, tmp / model_name)
         write_json_atomic(tmp / "run.json", record)
@@ -596,7 +620,7 @@ def _print_summary(results: dict) -> None:
 
 
 def cmd_audit(args) -> int:
-    from obliviate.audit.suites import AuditData, AuditSettings, check_request, run_audit
+    from obliviate.audit.suites import AuditData, AuditSettings, check_data, check_request, run_audit
     from obliviate.data.formats import load_probe_dir
     from obliviate.data.lume import load_documents, load_probes
     from obliviate.data.rows import parse_columns
@@ -619,6 +643,7 @@ def cmd_audit(args) -> int:
     data = AuditData(forget=probes["forget"], retain=probes["retain"],
                      nonmembers=load_documents(data_dir / "nonmember.jsonl"),
                      utility=load_probes(utility_path) if utility_path.is_file() else [])
+    check_data(settings, data)  # before any model loads
     place = str(device())
     loaded = load_model(args.model, dtype=args.dtype, device=place)
     oracle = load_model(args.oracle, dtype=args.dtype, device=place).model if args.oracle else None
@@ -809,6 +834,12 @@ def cmd_tune(args) -> int:
 
     write_manifest(args.out)  # tune writes OUT in place (it resumes): sealed once the search is done
     return 0 if result.best is not None else EXIT_COLLAPSED
+
+
+def cmd_vision(args) -> int:
+    from obliviate.vision.cli import run
+
+    return run(args)
 
 
 def _dp_config(args):
@@ -1133,6 +1164,7 @@ COMMANDS = {"demo": cmd_demo, "micro": cmd_micro, "unlearn": cmd_unlearn, "evalu
             "methods": cmd_methods, "muse-curves": cmd_muse_curves, "audit-report": cmd_audit_report}
 COMMANDS["tune"] = cmd_tune
 COMMANDS["dp2"] = cmd_dp2
+COMMANDS["vision"] = cmd_vision
 COMMANDS["base"] = cmd_base
 COMMANDS["verify"] = cmd_verify
 COMMANDS["restor"] = cmd_restor

@@ -27,6 +27,23 @@ def is_main_process() -> bool:
     return world_size() == 1 or _state().is_main_process
 
 
+def sharding_engine() -> str | None:
+    """"FSDP" or "DeepSpeed" when ``accelerate launch`` started this process with one (it says so in the
+    environment), else None (one process, or plain DDP)."""
+    import os
+
+    for variable, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() in ("1", "true", "yes"):
+            return engine
+    return None
+
+
+def wait_for_everyone() -> None:
+    """A barrier across processes (nothing in one process)."""
+    if world_size() > 1:
+        _state().wait_for_everyone()
+
+
 def device():
     """The device this process should put its model on."""
     import torch

@@ -83,3 +83,47 @@ def open_window(device) -> MemoryWindow:
     except OSError:
         source = "ru_maxrss (peak reset refused: the whole process's peak)"
     return MemoryWindow(str(device), source, _status_bytes("VmRSS") or 0)
+
+
+GIB = 2 ** 30
+
+
+def training_estimate(model, settings, method, *, world_size: int = 1, engine: str | None = None,
+                      default_layers=None) -> dict:
+    """What a run will hold per process, before it starts: the weights, the gradients and AdamW's two moments
+    of what trains (LoRA adapters: ``rank x (in + out)`` per adapted module), a second model where the method
+    keeps one (a reference model, the pretrained base), split across processes under FSDP or DeepSpeed
+    (ZeRO-3 shards all three). Activations depend on batch and length and are not counted."""
+    import torch
+
+    from obliviate.training.scope import planned_weights
+
+    element = next(model.parameters()).element_size()
+    total = sum(p.numel() for p in model.parameters())
+    names, modules, _ = planned_weights(model, settings, default_layers)
+    if modules is not None:
+        linear = dict(model.named_modules())
+        trainable = sum(settings.lora_rank * (linear[m].in_features + linear[m].out_features) for m in modules
+                        if isinstance(linear[m], torch.nn.Linear))
+    else:
+        shapes = dict(model.named_parameters())
+        trainable = sum(shapes[name].numel() for name in names if name in shapes)
+    parts = {
+        "weights": total * element,
+        "gradients": trainable * 4,
+        "optimizer": trainable * 4 * (2 if settings.optimizer == "adamw" else 0),
+        "second_model": total * element if (getattr(method, "needs_reference", None) == "model"
+                                            and not settings.lora) or getattr(method, "needs_base", False) else 0,
+    }
+    shards = world_size if engine in ("FSDP", "DeepSpeed") else 1
+    per_process = {name: value / shards for name, value in parts.items()}
+    return {"bytes_per_process": sum(per_process.values()), "parts_per_process": per_process,
+            "trainable_parameters": trainable, "parameters": total, "processes": world_size, "engine": engine}
+
+
+def estimate_line(estimate: dict) -> str:
+    parts = ", ".join(f"{name.replace('_', ' ')} {value / GIB:.2f}" for name, value in
+                      estimate["parts_per_process"].items() if value)
+    engine = f" under {estimate['engine']}" if estimate["engine"] else ""
+    return (f"memory: needs about {estimate['bytes_per_process'] / GIB:.2f} GiB per process{engine} ({parts} GiB; "
+            f"activations not counted)")

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from obliviate.data.lume import load_probes
 from tests.conftest import build_tiny_model
 
 pytestmark = pytest.mark.distributed
@@ -70,3 +71,46 @@ def test_evaluate_on_two_processes_matches_one(tmp_path, tiny_model_dir, tiny_lu
     for key in ("command", "evaluation_seconds", "processes"):
         one.pop(key), two.pop(key)
     _assert_same(one, two)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("method, options", [
+    ("GradDiff", []),
+    ("NPO", []),  # reference log-probabilities, computed shard-wise and gathered
+    ("KL", ["lora=true"]),  # a reference through the adapters-disabled view of the engine's model
+])
+def test_unlearn_on_two_processes_matches_one_with_the_same_global_batch(tmp_path, tiny_model_dir, tiny_lume_dir,
+                                                                          method, options):
+    """Two gloo processes with 5 rows each per step against one process with 2 accumulated micro-batches of 5:
+    the same global batch of 10 rows (half the 20 of the fixture, so no epoch ends on a partial batch), split the
+    same way (accelerate shards the same seeded order), over two epochs: the same weights up to floating-point
+    noise. (Each process, like each micro-batch, averages its loss over its own
+    tokens; against one process taking all 8 rows in one batch the update differs by that weighting.)"""
+    import torch
+    from safetensors.torch import load_file
+
+    def command(extra, out):
+        return ["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                "--retain", str(tiny_lume_dir / "retain.jsonl"), "--no-gate", "--checkpoint-every", "0", "--out",
+                str(tmp_path / out), "--method", method, "max_steps=4", "learning_rate=1e-2", "optimizer=sgd",
+                "batch_size=5", *extra, *options]
+
+    _run(SINGLE, command(["gradient_accumulation_steps=2"], "one"))
+    _run(LAUNCH, command([], "two"))
+    assert not list(tmp_path.glob(".two.tmp-*")), "only the main process writes, and it renames its output"
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["steps"] == 4
+    assert len(load_probes(tiny_lume_dir / "forget.jsonl")) == 20 == len(load_probes(tiny_lume_dir / "retain.jsonl"))
+    original = load_file(tiny_model_dir / "model.safetensors")
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    moved = torch.cat([(one[k] - original[k]).flatten() for k in original])
+    apart = torch.cat([(two[k] - one[k]).flatten() for k in original])
+    assert moved.norm() > 0
+    # Stated tolerance: float noise (a different reduction order across processes), 1e-4 of the update's size; an
+    # unsynchronised gradient, a wrong shard of rows or a reference computed on the wrong rows is far above it.
+    assert apart.norm() / moved.norm() < 1e-4, float(apart.norm() / moved.norm())

@@ -27,6 +27,10 @@ class TrainingConfig:
     # (LUME's sentence-completion rows); "all" every token; "output" only each row's output tokens.
     loss_on: Literal["auto", "all", "output"] = "auto"
     seed: int = 0
+    # Mixed precision (bfloat16 autocast; the weights stay in their dtype) and activation checkpointing (recompute
+    # each layer's activations in the backward pass: less memory, about a third more compute).
+    bf16: bool = False
+    gradient_checkpointing: bool = False
     # Which weights train (obliviate/training/scope.py). train_params: a regex searched in parameter names;
     # train_layers: decoder-layer indices ("0,1,2"; negatives count from the end), or "all" to override a
     # method's own default layers. Unselected weights stay bit-identical.

@@ -86,22 +86,31 @@ class PairedCollator:
 
 
 def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_size: int = 8) -> None:
-    """Store each example's summed label log-probability under the (original) model, computed once."""
+    """Store each example's summed label log-probability under the (original) model, computed once.
+
+    Under ``accelerate launch`` each process computes a shard of the examples and every process receives all
+    the values (``obliviate.distributed.shard_map``), so the reference model is never needed again."""
     import torch
 
+    from obliviate.distributed import shard_map
     from obliviate.losses import sequence_log_probs
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in pad(chunk, pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            log_probs, _ = sequence_log_probs(logits, batch["labels"])
-            for example, value in zip(chunk, log_probs.tolist()):
-                example["reference_log_prob"] = value
+
+    def log_probs_of(indices: list[int]) -> list[float]:
+        values: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(indices), batch_size):
+                chunk = [examples[i] for i in indices[start:start + batch_size]]
+                batch = {k: v.to(device) for k, v in pad(chunk, pad_id).items()}
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                values += sequence_log_probs(logits, batch["labels"])[0].tolist()
+        return values
+
+    for example, value in zip(examples, shard_map(log_probs_of, list(range(len(examples))))):
+        example["reference_log_prob"] = value
     model.train(was_training)
 
 

@@ -142,15 +142,20 @@ class AdapterDisabledReference:
 
     def __init__(self, peft_model):
         self.peft_model = peft_model
+        # The model as the training engine wrapped it (DDP, FSDP, DeepSpeed): the trainer sets it before each loss.
+        # Under FSDP or ZeRO-3 the unwrapped model holds only this process's shard of each weight, so the forward
+        # must go through the wrapper, which gathers them.
+        self.engine_model = None
 
     def __call__(self, *args, **kwargs):
         import torch
 
         was_training = self.peft_model.training
         self.peft_model.eval()
+        forward = self.engine_model if self.engine_model is not None else self.peft_model
         try:
             with torch.no_grad(), self.peft_model.disable_adapter():
-                return self.peft_model(*args, **kwargs)
+                return forward(*args, **kwargs)
         finally:
             self.peft_model.train(was_training)
 

