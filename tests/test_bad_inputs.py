@@ -434,7 +434,8 @@ def test_the_catalogue_covers_every_kind_of_input():
 
 
 def _is_progress(line: str) -> bool:
-    return not line.strip() or ("%|" in line and "it/s]" in line)
+    """Progress bars and the memory estimate a run prints before it starts: output of a run under way, not errors."""
+    return not line.strip() or ("%|" in line and "it/s]" in line) or line.startswith("memory: needs about")
 
 
 def _tree(path: Path) -> dict:

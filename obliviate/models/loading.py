@@ -138,6 +138,12 @@ def _loading_bar(weight_bytes: int):
             logging.enable_progress_bar()
 
 
+def quiet_small_saves(model):
+    """A context in which transformers shows no "Writing model shards" bar for ``model`` when it is small (the
+    Trainer's checkpoints included); the training progress bar is tqdm's own and stays."""
+    return _loading_bar(sum(p.numel() * p.element_size() for p in model.parameters()))
+
+
 def save_model(model, tokenizer, directory: str | Path) -> None:
     """Write a normal Hugging Face checkpoint (safetensors) that ``load_model`` reads back; a wrapper model (ULD)
     as a wrapper directory of checkpoints."""

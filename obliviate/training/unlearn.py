@@ -224,7 +224,10 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             trainer.add_callback(held)
         try:
             latest = checkpointing.latest() if checkpointing is not None else None
-            output = trainer.train(resume_from_checkpoint=str(latest) if latest is not None else None)
+            from obliviate.models.loading import quiet_small_saves
+
+            with quiet_small_saves(model):
+                output = trainer.train(resume_from_checkpoint=str(latest) if latest is not None else None)
         finally:
             if held is not None:
                 held.remove()
