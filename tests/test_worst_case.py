@@ -159,7 +159,12 @@ def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, t
         chosen, key=lambda d: -record["weights"][d])
     assert record["unroll_steps"] == 1 and record["seed"] == 0 and len(record["objective_per_iteration"]) == 2
     comparison = record["comparison"]
-    assert [row["set"] for row in comparison["rows"]] == ["worst-case", "random 1", "random 2"]
+    control = sorted(record["nll_before"], key=record["nll_before"].get)[:2]  # the two best-known documents
+    assert set(comparison["control"]["documents"]) == set(control)
+    expected = ["worst-case"] + ([] if set(control) == set(record["chosen"]) else ["lowest loss"])
+    assert comparison["control"]["same_as_worst_case"] == (set(control) == set(record["chosen"]))
+    assert [row["set"] for row in comparison["rows"]] == expected + ["random 1", "random 2"]
+    assert "lowest loss" in captured.out
     assert comparison["rows"][0]["documents"] == record["chosen"]
     assert all(row["steps"] == 2 for row in comparison["rows"])
     assert "| worst-case |" in captured.out and "random (mean ± std, 2 draws)" in captured.out

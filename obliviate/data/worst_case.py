@@ -507,15 +507,25 @@ SCORE_COLUMNS = ("nll_before", "nll_after", "forget_regurgitation", "forget_know
                  "retain_knowledge")
 
 
+def lowest_loss(selection: Selection) -> list[str]:
+    """The control set: the ``len(selection.chosen)`` pool documents the original model already knows best (lowest
+    NLL), in pool order. A bi-level search that only finds these adds nothing over ranking by loss."""
+    order = sorted(range(len(selection.document_ids)), key=lambda i: selection.nll_before[i])
+    keep = set(order[:len(selection.chosen)])
+    return [doc for i, doc in enumerate(selection.document_ids) if i in keep]
+
+
 def compare_with_random(model_loader: Callable[[], object], tokenizer, pool: Sequence[Probe], chosen: Sequence[str],
                         run_plan, draws: int, *, seed: int = 0, retain: Sequence[Probe] = (),
-                        max_new_tokens: int = 256, batch_size: int = 32,
+                        max_new_tokens: int = 256, batch_size: int = 32, control: Sequence[str] | None = None,
                         log: Callable[[str], None] = lambda message: None) -> dict:
     """Unlearn the ``chosen`` documents and ``draws`` random sets of as many pool documents, each from a fresh
     copy of the original model (``model_loader``) with ``run_plan`` and the rest of the pool (plus ``retain``)
     as the retain set, then score each set: its documents' NLL before and after, and the LUME forget-set
     (regurgitation: ROUGE-L recall, knowledge: exact match) and retain-set scores. Forget figures that stay
-    high mean the set was hard to forget. Random sets are drawn with ``random.Random(f"{seed}:{draw}")``."""
+    high mean the set was hard to forget. Random sets are drawn with ``random.Random(f"{seed}:{draw}")``.
+    ``control`` (e.g. :func:`lowest_loss`) is scored as one more set, "lowest loss", unless it is the same set
+    as ``chosen`` (then the record says so and it is not run twice)."""
     from obliviate.audit.evaluate import EvaluationData, evaluate
     from obliviate.training.unlearn import unlearn
 
@@ -523,6 +533,9 @@ def compare_with_random(model_loader: Callable[[], object], tokenizer, pool: Seq
     ids = list(documents)
     size = len(chosen)
     sets = [("worst-case", list(chosen))]
+    control_same = control is not None and set(control) == set(chosen)
+    if control is not None and not control_same:
+        sets.append(("lowest loss", sorted(control, key=ids.index)))
     for draw in range(draws):
         sets.append((f"random {draw + 1}", sorted(random.Random(f"{seed}:{draw}").sample(ids, size),
                                                   key=ids.index)))
@@ -544,14 +557,15 @@ def compare_with_random(model_loader: Callable[[], object], tokenizer, pool: Seq
                      "retain_knowledge": scores["retain-set"]["overall-knowledge-score"],
                      "unlearning_seconds": result.record["wall_seconds"], "steps": result.record["steps"]})
         del model, result
-    random_rows = rows[1:]
+    random_rows = [row for row in rows if row["set"].startswith("random")]
     summary = {}
     for column in SCORE_COLUMNS:
         values = [row[column] for row in random_rows]
         summary[column] = {"mean": statistics.fmean(values),
                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     return {"method": run_plan.method_name, "options": run_plan.options(), "size": size, "draws": draws,
-            "seed": seed, "rows": rows, "random": summary}
+            "seed": seed, "rows": rows, "random": summary,
+            "control": None if control is None else {"documents": list(control), "same_as_worst_case": control_same}}
 
 
 def _set_nll(model, tokenizer, probes: Sequence[Probe], run_plan) -> float:
@@ -594,12 +608,19 @@ def comparison_table(comparison: dict) -> str:
 
     rows = comparison["rows"]
     lines.append("| " + " | ".join([rows[0]["set"]] + cells(rows[0])) + " |")
+    control = comparison.get("control")
+    if control and control["same_as_worst_case"]:
+        lines.append("| lowest loss (the same documents as worst-case) |" + " |" * len(SCORE_COLUMNS))
+    for row in rows[1:]:
+        if row["set"] == "lowest loss":
+            lines.append("| " + " | ".join([row["set"]] + cells(row)) + " |")
     summary = comparison["random"]
     lines.append("| " + " | ".join([f"random (mean ± std, {comparison['draws']} draws)"]
                                    + cells({c: summary[c]["mean"] for c in SCORE_COLUMNS},
                                            {c: summary[c]["std"] for c in SCORE_COLUMNS})) + " |")
     for row in rows[1:]:
-        lines.append("| " + " | ".join([row["set"]] + cells(row)) + " |")
+        if row["set"].startswith("random"):
+            lines.append("| " + " | ".join([row["set"]] + cells(row)) + " |")
     return "\n".join(lines)
 
 
@@ -727,7 +748,7 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
         comparison = compare_with_random(lambda: load_model(model_dir, device=None).model, tokenizer, pool,
                                          selection.chosen, compare, request.compare_random, seed=settings.seed,
                                          retain=retain, max_new_tokens=request.max_new_tokens,
-                                         batch_size=request.batch_size, log=log)
+                                         batch_size=request.batch_size, control=lowest_loss(selection), log=log)
         record["comparison"] = comparison
     chosen = set(selection.chosen)
     write_json_atomic(record_file, record)
