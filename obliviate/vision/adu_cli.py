@@ -5,14 +5,13 @@ Imports nothing heavy at parser-building time (torch is imported when the comman
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 from obliviate.errors import InputError
+from obliviate.vision.cli import apply_overrides, item_list, parse_seeds
 
 DEFAULT_METHODS = "adu,baseline,retrain"
 SECTIONS = ("clip", "adu")
@@ -56,21 +55,12 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _list(text: str, field: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise InputError("expected a comma-separated list, got nothing", field=field)
-    if len(set(items)) != len(items):
-        raise InputError(f"an item is named twice in {text!r}", field=field)
-    return items
-
-
 def parse_forget_settings(values: list[str] | None) -> list[tuple[str, ...]]:
     from obliviate.vision.domains import DOMAINS, check_domains
 
     settings = []
     for value in values or ["inverted"]:
-        domains = check_domains(_list(value, "forget-domains"))
+        domains = check_domains(item_list(value, "forget-domains"))
         if len(domains) == len(DOMAINS):
             raise InputError(f"{value!r} forgets every domain; at least one must be kept", field="forget-domains")
         settings.append(domains)
@@ -80,7 +70,7 @@ def parse_forget_settings(values: list[str] | None) -> list[tuple[str, ...]]:
 def parse_methods(text: str) -> tuple[str, ...]:
     from obliviate.vision.adu import METHODS
 
-    names = _list(text, "methods")
+    names = item_list(text, "methods")
     for name in names:
         if name not in METHODS:
             near = difflib.get_close_matches(name, METHODS, n=1)
@@ -89,49 +79,11 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    items = _list(text, "seeds")
-    if not all(item.isdigit() for item in items):
-        raise InputError(f"expected comma-separated non-negative integers, got {text!r}", field="seeds")
-    return tuple(int(item) for item in items)
-
-
 # Fields that may be zero (a weight switched off); every other number must be positive.
 MAY_BE_ZERO = {"weight_decay", "forget_weight", "domain_weight", "mmd_weight", "generator_layer", "warmup_steps",
                "seed"}
 # Chosen by --methods, not by --set.
 BY_METHOD = {"use_ddl", "use_generator"}
-
-
-def apply_overrides(configs: dict[str, object], overrides: list[str]) -> dict[str, object]:
-    """``SECTION.KEY=VALUE`` items applied to the frozen dataclasses in ``configs``, typed by their fields."""
-    configs = dict(configs)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise InputError(f"expected SECTION.KEY=VALUE, got {item!r}", field="set")
-        if section not in configs:
-            near = difflib.get_close_matches(section, list(configs), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"unknown section {section!r}{hint}; known: {', '.join(configs)}", field="set")
-        config = configs[section]
-        fields = {f.name for f in dataclasses.fields(config)} - BY_METHOD
-        if name not in fields:
-            near = difflib.get_close_matches(name, fields, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"{section} has no option {name!r}{hint}; it has: {', '.join(sorted(fields))}",
-                             field="set")
-        kind = typing.get_type_hints(type(config))[name]
-        try:
-            converted = kind(value.strip())
-        except ValueError:
-            raise InputError(f"{section}.{name} expects {kind.__name__}, got {value.strip()!r}", field="set") from None
-        if converted < 0 or (converted == 0 and name not in MAY_BE_ZERO):
-            raise InputError(f"{section}.{name} must be {'>= 0' if name in MAY_BE_ZERO else '> 0'}, got {converted}",
-                             field="set")
-        configs[section] = dataclasses.replace(config, **{name: converted})
-    return configs
 
 
 def run(args) -> int:
@@ -142,7 +94,8 @@ def run(args) -> int:
     settings = parse_forget_settings(args.forget_domains)
     methods = parse_methods(args.methods)
     seeds = parse_seeds(args.seeds)
-    configs = apply_overrides({"clip": A.ClipConfig(), "adu": A.ADUConfig()}, args.overrides)
+    configs = apply_overrides({"clip": A.ClipConfig(), "adu": A.ADUConfig()}, args.overrides,
+                              may_be_zero=MAY_BE_ZERO, hidden=BY_METHOD)
     if args.image_size < 4 or args.image_size % configs["clip"].patch_size:
         raise InputError(f"must be a multiple of clip.patch_size ({configs['clip'].patch_size}), got "
                          f"{args.image_size}", field="image-size")

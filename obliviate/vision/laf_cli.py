@@ -5,14 +5,13 @@ Imports nothing heavy at parser-building time (torch is imported when the comman
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import shlex
 import sys
-import typing
 from pathlib import Path
 
 from obliviate.errors import InputError
+from obliviate.vision.cli import apply_overrides, item_list, parse_seeds
 
 DEFAULT_FORGETS = "class:3,random:0.1,noisy:0.2"
 SECTIONS = ("cnn", "train", "laf", "baselines")
@@ -52,20 +51,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _list(text: str, field: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise InputError("expected a comma-separated list, got nothing", field=field)
-    if len(set(items)) != len(items):
-        raise InputError(f"an item is named twice in {text!r}", field=field)
-    return items
-
-
 def parse_methods(text: str) -> tuple[str, ...]:
     from obliviate.vision.laf_experiment import ExperimentConfig
 
     known = ExperimentConfig.methods
-    names = _list(text, "methods")
+    names = item_list(text, "methods")
     for name in names:
         if name not in known:
             near = difflib.get_close_matches(name, known, n=1)
@@ -74,58 +64,11 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    items = _list(text, "seeds")
-    if not all(item.isdigit() for item in items):
-        raise InputError(f"expected comma-separated non-negative integers, got {text!r}", field="seeds")
-    return tuple(int(item) for item in items)
+MAY_BE_ZERO = frozenset({"weight_decay", "kld_weight"})
 
 
-def apply_overrides(configs: dict[str, object], overrides: list[str]) -> dict[str, object]:
-    """``SECTION.KEY=VALUE`` items applied to the frozen dataclasses in ``configs``, typed by their fields."""
-    configs = dict(configs)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise InputError(f"expected SECTION.KEY=VALUE, got {item!r}", field="set")
-        if section not in configs:
-            near = difflib.get_close_matches(section, list(configs), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"unknown section {section!r}{hint}; known: {', '.join(configs)}", field="set")
-        config = configs[section]
-        fields = {f.name for f in dataclasses.fields(config)}
-        if name not in fields:
-            near = difflib.get_close_matches(name, fields, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"{section} has no option {name!r}{hint}; it has: {', '.join(sorted(fields))}",
-                             field="set")
-        kind = typing.get_type_hints(type(config))[name]
-        configs[section] = dataclasses.replace(config, **{name: _convert(value.strip(), kind, f"{section}.{name}")})
-        _check_positive(configs[section], name, section)
-    return configs
-
-
-def _convert(value: str, kind, where: str):
-    optional = type(None) in typing.get_args(kind)
-    if optional and value.lower() in ("none", "null", ""):
-        return None
-    base = next((k for k in typing.get_args(kind) if k is not type(None)), kind) if optional else kind
-    try:
-        if base is int:
-            return int(value)
-        if base is float:
-            return float(value)
-    except ValueError:
-        raise InputError(f"{where} expects {base.__name__}, got {value!r}", field="set") from None
-    return value
-
-
-def _check_positive(config, name: str, section: str) -> None:
+def _check_laf(config, name: str, section: str) -> None:
     value = getattr(config, name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
-            and name not in ("weight_decay", "kld_weight"):
-        raise InputError(f"{section}.{name} must be > 0, got {value}", field="set")
     if name == "remaining_vae_data" and value not in ("retain", "train"):
         raise InputError(f"laf.remaining_vae_data is 'retain' or 'train', got {value!r}", field="set")
 
@@ -137,11 +80,12 @@ def run(args) -> int:
     from obliviate.vision.laf_experiment import (ExperimentConfig, markdown_tables, plot, report_markdown,
                                                  run_experiment)
 
-    forgets = tuple(parse_forget(item) for item in _list(args.forget, "forget"))
+    forgets = tuple(parse_forget(item) for item in item_list(args.forget, "forget"))
     methods = parse_methods(args.methods)
     seeds = parse_seeds(args.seeds)
     configs = apply_overrides({"cnn": L.CNNConfig(), "train": L.TrainConfig(), "laf": L.LAFConfig(),
-                               "baselines": L.BaselineConfig()}, args.overrides)
+                               "baselines": L.BaselineConfig()}, args.overrides, may_be_zero=MAY_BE_ZERO,
+                              check=_check_laf)
     if not 0.0 < args.test_fraction < 1.0:
         raise InputError(f"must be in (0, 1), got {args.test_fraction}", field="test-fraction")
     if args.out:
