@@ -204,8 +204,9 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
                                       "passes": micro.records["target"].get("passes")})
 
     # Retraining and DP2U are timed here, one after the other in this process, with the same recipe.
-    oracle, oracle_record = retrain(base_dir, micro.tokenizer, keep, recipe, teacher_dir=base_dir,
-                                    replay=replay_texts(base_dir, benchmark), desc="retraining (oracle)")
+    replay = replay_texts(base_dir, benchmark)
+    oracle, oracle_record = retrain(base_dir, micro.tokenizer, keep, recipe, teacher_dir=base_dir, replay=replay,
+                                    desc="retraining (oracle)")
     add("oracle (retrained here)", score("oracle", oracle, micro.tokenizer), oracle_record["train_seconds"],
         {"steps": oracle_record["steps"], "passes": oracle_record["passes"]})
     del oracle
@@ -214,7 +215,7 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
         dp_record["train_seconds"], {"steps": dp_record["steps"], "passes": dp_record["dp"]["epochs"]})
     del dp_loaded
     dp2u, dp2u_record = retrain(dp_dir / "model", micro.tokenizer, keep, recipe, teacher_dir=base_dir,
-                                replay=replay_texts(base_dir, benchmark), desc="DP2U fine-tuning on retain")
+                                replay=replay, desc="DP2U fine-tuning on retain")
     add("DP2U", score("dp2u", dp2u, micro.tokenizer), dp2u_record["train_seconds"],
         {"steps": dp2u_record["steps"], "passes": dp2u_record["passes"]})
     del dp2u

@@ -5,13 +5,12 @@ Imports nothing heavy at parser-building time (torch is imported when the comman
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, parse_seeds
+from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds
 
 DEFAULT_METHODS = "adu,baseline,retrain"
 SECTIONS = ("clip", "adu")
@@ -70,13 +69,7 @@ def parse_forget_settings(values: list[str] | None) -> list[tuple[str, ...]]:
 def parse_methods(text: str) -> tuple[str, ...]:
     from obliviate.vision.adu import METHODS
 
-    names = item_list(text, "methods")
-    for name in names:
-        if name not in METHODS:
-            near = difflib.get_close_matches(name, METHODS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"unknown method {name!r}{hint}; known: {', '.join(METHODS)}", field="methods")
-    return tuple(names)
+    return known_items(text, "methods", METHODS)
 
 
 # Fields that may be zero (a weight switched off); every other number must be positive.

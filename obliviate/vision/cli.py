@@ -35,6 +35,21 @@ def item_list(text: str, field: str) -> list[str]:
     return items
 
 
+def known_items(text: str, field: str, known) -> tuple[str, ...]:
+    """A comma-separated list of names from ``known``; an unknown one is an error suggesting the nearest."""
+    import difflib
+
+    from obliviate.errors import InputError
+
+    names = item_list(text, field)
+    for name in names:
+        if name not in known:
+            near = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown method {name!r}{hint}; known: {', '.join(known)}", field=field)
+    return tuple(names)
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     from obliviate.errors import InputError
 

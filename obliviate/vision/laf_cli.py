@@ -5,13 +5,12 @@ Imports nothing heavy at parser-building time (torch is imported when the comman
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, parse_seeds
+from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds
 
 DEFAULT_FORGETS = "class:3,random:0.1,noisy:0.2"
 SECTIONS = ("cnn", "train", "laf", "baselines")
@@ -54,14 +53,7 @@ def register(subparsers) -> None:
 def parse_methods(text: str) -> tuple[str, ...]:
     from obliviate.vision.laf_experiment import ExperimentConfig
 
-    known = ExperimentConfig.methods
-    names = item_list(text, "methods")
-    for name in names:
-        if name not in known:
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise InputError(f"unknown method {name!r}{hint}; known: {', '.join(known)}", field="methods")
-    return tuple(names)
+    return known_items(text, "methods", ExperimentConfig.methods)
 
 
 MAY_BE_ZERO = frozenset({"weight_decay", "kld_weight"})
