@@ -414,6 +414,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    import dataclasses
     import json
     import platform
     import time
@@ -458,6 +459,10 @@ def cmd_unlearn(args) -> int:
         raise InputError(f"{run_plan.method_name} trains and edits weights outside one Trainer run (its own loop or "
                          f"weight arithmetic), which {engine} shards across processes: run it in one process or "
                          "under plain DDP", field="method")
+    if run_plan.training.lora and engine is not None and not _fsdp2(engine):
+        raise InputError(f"LoRA adapters are merged into the weights after training, which is verified under FSDP2 "
+                         f"(fsdp_version: 2) and plain DDP, not under {engine} {os.environ.get('FSDP_VERSION', '')}"
+                         .rstrip(), field="lora")
     checkpointing = None
     every = args.checkpoint_every if args.checkpoint_every is not None else max(1, run_plan.training.max_steps // 5)
     if every < 0:
@@ -496,6 +501,14 @@ def cmd_unlearn(args) -> int:
                      reference_loader=lambda: load_model(args.model, dtype=args.dtype, device=str(device())).model,
                      base_loader=(lambda: load_model(base_dir, dtype=args.dtype, device=str(device())).model)
                      if base_dir else None, checkpointing=checkpointing)
+    if engine is not None:
+        # The trained model is split across the processes: the main one puts the gathered weights into a whole
+        # copy, which the gate measures and which is saved; the others are done.
+        if not is_main_process():
+            return 0
+        whole = load_model(args.model, dtype=args.dtype, device=str(device())).model
+        whole.load_state_dict(result.state_dict)
+        result = dataclasses.replace(result, model=whole.eval(), state_dict=None)
     inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
               "forget_sha256": sha256_file(forget_path)}
     if retain_path is not None:
@@ -533,6 +546,11 @@ def cmd_unlearn(args) -> int:
               f"{args.out}/{model_name}, not {args.out}/model", file=sys.stderr)
         return 3
     return 0
+
+
+def _fsdp2(engine: str) -> bool:
+    """Whether ``accelerate launch`` started FSDP version 2 (``fully_shard``)."""
+    return engine == "FSDP" and os.environ.get("FSDP_VERSION", "1") == "2"
 
 
 def _file_stamps(directory: Path) -> dict:

@@ -56,6 +56,33 @@ def test_a_procedure_refuses_a_sharding_engine_before_training(tmp_path, tiny_mo
     assert not out.exists()
 
 
+@pytest.mark.parametrize("environment, refused", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, True),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, True),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, False),
+])
+def test_lora_is_refused_where_its_merge_into_sharded_weights_is_unverified(tmp_path, tiny_model_dir, tiny_lume_dir,
+                                                                          monkeypatch, capsys, environment, refused):
+    from obliviate.training import unlearn as unlearn_module
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # Past the check the run would need the engine's processes: stop it where training would begin.
+    monkeypatch.setattr(unlearn_module, "unlearn", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("trains")))
+    out = tmp_path / "run"
+    args = ["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"), "--retain",
+            str(tiny_lume_dir / "retain.jsonl"), "--out", str(out), "--no-gate", "--checkpoint-every", "0", "--method", "KL",
+            "lora=true"]
+    if refused:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "lora" in err[0] and "FSDP2" in err[0]
+    else:
+        with pytest.raises(RuntimeError, match="trains"):
+            main(args)
+    assert not out.exists()
+
+
 def test_shipped_accelerate_configs_name_their_engine():
     from importlib import resources
 
@@ -65,3 +92,7 @@ def test_shipped_accelerate_configs_name_their_engine():
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed-zero3": "DEEPSPEED"}
     zero = yaml.safe_load((folder / "deepspeed-zero3.yaml").read_text())
     assert zero["deepspeed_config"]["zero_stage"] == 3
+    fsdp = yaml.safe_load((folder / "fsdp.yaml").read_text())["fsdp_config"]
+    # FSDP2, and every process loading the whole model (the reference log-probs and the gate's first measure
+    # run before sharding; tests/test_distributed.py runs this file on 2 CPU processes).
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_cpu_ram_efficient_loading"] is False

@@ -62,6 +62,9 @@ def _build(schema, values, source):
 class UnlearnResult:
     model: Any
     record: dict
+    # Under FSDP or ZeRO-3 the model object holds only this process's shard: the full weights, gathered after
+    # training, are here on the main process (None elsewhere and without a sharding engine).
+    state_dict: dict | None = None
 
 
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
@@ -78,6 +81,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     method = get_method(run_plan.method_name)(run_plan.method_config)
     memory = open_window(device())  # where the trainer will put the model, wherever it is now
     started = time.time()
+    gathered: dict = {}
     if hasattr(method, "run"):
         settings = run_plan.training
         if settings.prune > 0:
@@ -103,17 +107,20 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     else:
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
                             reference_loader=reference_loader, base_loader=base_loader, progress=progress,
-                            checkpointing=checkpointing)
+                            checkpointing=checkpointing, full_state=gathered)
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
               **record, "wall_seconds": time.time() - started, **memory.record()}
-    return UnlearnResult(model=model, record=record)
+    return UnlearnResult(model=model, record=record, state_dict=gathered or None)
 
 
 def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe],
                settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
-               base_loader: Callable[[], Any] | None = None, progress: bool = True, checkpointing=None) -> dict:
+               base_loader: Callable[[], Any] | None = None, progress: bool = True, checkpointing=None,
+               full_state: dict | None = None) -> dict:
     """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
-    ``needs_reference``, ``loss``); returns steps and the loss history."""
+    ``needs_reference``, ``loss``); returns steps and the loss history. Under a sharding engine (FSDP, ZeRO-3)
+    ``model`` ends up holding only this process's shard; every process then takes part in gathering the full
+    weights, which ``full_state`` receives on the main process."""
     import torch
     from transformers import TrainingArguments
 
@@ -232,6 +239,8 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             if held is not None:
                 held.remove()
             scope.finish()  # merges LoRA adapters into the weights, restores the caller's requires_grad flags
+        if full_state is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+            full_state.update(_gather_weights(trainer, model))
     model.eval()
     if zeros:
         from obliviate.training.sparsity import zero_fraction
@@ -243,12 +252,24 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type.value),  # "NO", "MULTI_GPU", "FSDP", ...
         "resumed_from_step": int(latest.name.split("-")[-1]) if latest is not None else None,
         "scope": scope.record,
         "weight_selection": selection,
     }
     del reference_model, base_model, trainer
     return record
+
+
+def _gather_weights(trainer, model) -> dict:
+    """The full weights of a model sharded across processes, on the main process's CPU (empty elsewhere).
+    A collective: every process must call it. Under FSDP it reads ``model`` after LoRA's merge, whose weights are
+    DTensor shards (the merged model is no longer FSDP's root module, so accelerate's gather cannot take it)."""
+    if trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def scheduler_type(settings: TrainingConfig) -> str:
