@@ -18,9 +18,12 @@ _setup = AcceleratorState.__init__
 def _setup_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
     _setup(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
     if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        # What accelerate does for GPU processes (accelerate/state.py, AcceleratorState.__init__).
         self.distributed_type = DistributedType.FSDP
+        if self._mixed_precision != "no":
+            fsdp_plugin.set_mixed_precision(self._mixed_precision)
         self.fsdp_plugin = fsdp_plugin
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as accelerate does for GPUs
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 AcceleratorState.__init__ = _setup_with_fsdp_on_cpu

@@ -119,11 +119,42 @@ def test_unlearn_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
 
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "obliviate" / "configs" / "accelerate" / "fsdp.yaml"
-# The shipped FSDP config on 2 CPU processes, in full precision (its bf16 is for GPUs). tests/cpu_fsdp.py lets
-# accelerate run FSDP on CPU processes, which it otherwise reserves for accelerator devices.
+# The shipped FSDP config on 2 CPU processes, in full precision unless a test sets --mixed_precision.
+# tests/cpu_fsdp.py lets accelerate run FSDP on CPU processes, which it otherwise reserves for accelerator devices.
 LAUNCH_FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
                "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
                "tests.cpu_fsdp"]
+
+
+def _fsdp_against_one_process(tmp_path, model_dir, lume_dir, method, options, precision="no") -> float:
+    """Train with FSDP on 2 processes and in one process accumulating the same global batch (see the DDP test
+    above); check the FSDP run's record and that it saved whole weights; return the relative distance between the
+    two trained models (the distance over the size of the one-process update)."""
+    import torch
+    from safetensors.torch import load_file
+
+    def command(extra, out):
+        return ["unlearn", "--model", str(model_dir), "--forget", str(lume_dir / "forget.jsonl"),
+                "--retain", str(lume_dir / "retain.jsonl"), "--checkpoint-every", "0", "--out",
+                str(tmp_path / out), "--method", method, "max_steps=4", "learning_rate=1e-2", "optimizer=sgd",
+                "batch_size=5", *extra, *options]
+
+    launch = list(LAUNCH_FSDP)
+    launch[launch.index("--mixed_precision") + 1] = precision
+    _run(SINGLE, command(["gradient_accumulation_steps=2"], "one"))
+    done = _run(launch, command([], "two"))
+    assert "under FSDP" in done.stderr  # the memory estimate names the engine the run used
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["steps"] == 4 and run["gate"]["verdict"] == "passed"
+    assert run["distributed_type"] == "FSDP"  # sharded by FSDP, not silently run as DDP
+    original = load_file(model_dir / "model.safetensors")
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert set(two) == set(original)
+    assert all(two[k].shape == original[k].shape and two[k].dtype == original[k].dtype for k in original)
+    moved = torch.cat([(one[k] - original[k]).flatten() for k in original])
+    apart = torch.cat([(two[k] - one[k]).flatten() for k in original])
+    assert moved.norm() > 0
+    return float(apart.norm() / moved.norm())
 
 
 @pytest.mark.parametrize("method, options", [
@@ -135,27 +166,16 @@ LAUNCH_FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_fil
 def test_unlearn_under_fsdp_on_two_processes_matches_one(tmp_path, tiny_model_dir, tiny_lume_dir, method, options):
     """FSDP (fully_shard of each decoder layer, torch's FSDP2) on 2 gloo processes: every process holds half of
     each weight, gathers it for the forward pass and keeps the reduce-scattered half of the gradient. Against one
-    process accumulating the same global batch the trained weights agree to floating-point noise, and the saved
-    model is whole: the full state dict gathered across the processes, not one process's shard."""
-    import torch
-    from safetensors.torch import load_file
+    process accumulating the same global batch the trained weights agree to floating-point noise (the bound of
+    the DDP test), and the saved model is whole: the full state dict gathered across the processes, not one
+    process's shard."""
+    distance = _fsdp_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, method, options)
+    assert distance < 1e-4, distance
 
-    def command(extra, out):
-        return ["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
-                "--retain", str(tiny_lume_dir / "retain.jsonl"), "--checkpoint-every", "0", "--out",
-                str(tmp_path / out), "--method", method, "max_steps=4", "learning_rate=1e-2", "optimizer=sgd",
-                "batch_size=5", *extra, *options]
 
-    _run(SINGLE, command(["gradient_accumulation_steps=2"], "one"))
-    done = _run(LAUNCH_FSDP, command([], "two"))
-    assert "under FSDP" in done.stderr  # the memory estimate names the engine the run used
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["world_size"] == 2 and run["steps"] == 4 and run["gate"]["verdict"] == "passed"
-    assert run["distributed_type"] == "FSDP"  # sharded by FSDP, not silently run as DDP
-    original = load_file(tiny_model_dir / "model.safetensors")
-    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    assert set(two) == set(original) and all(two[k].shape == original[k].shape for k in original)
-    moved = torch.cat([(one[k] - original[k]).flatten() for k in original])
-    apart = torch.cat([(two[k] - one[k]).flatten() for k in original])
-    assert moved.norm() > 0
-    assert apart.norm() / moved.norm() < 1e-4, float(apart.norm() / moved.norm())
+def test_unlearn_under_fsdp_with_bf16_mixed_precision(tmp_path, tiny_model_dir, tiny_lume_dir):
+    """The shipped config's bf16 (FSDP's mixed-precision policy: bf16 compute and communication, float32 master
+    weights) on CPU processes: it takes effect (the run leaves the float32 one-process run by more than float
+    noise), stays near it (bf16 keeps 8 bits of mantissa), and the saved weights are the float32 masters."""
+    distance = _fsdp_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, "NPO", [], precision="bf16")
+    assert 1e-4 < distance < 2e-2, distance
