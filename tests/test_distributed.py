@@ -126,11 +126,11 @@ LAUNCH_FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_fil
                "tests.cpu_fsdp"]
 
 
-def _fsdp_against_one_process(tmp_path, model_dir, lume_dir, method, options, precision="no") -> float:
-    """Train with FSDP on 2 processes and in one process accumulating the same global batch (see the DDP test
-    above); check the FSDP run's record and that it saved whole weights; return the relative distance between the
-    two trained models (the distance over the size of the one-process update)."""
-    import torch
+def _engine_against_one_process(tmp_path, model_dir, lume_dir, launch, engine, method, options=(),
+                                precision="no"):
+    """Train under a sharding engine on 2 processes and in one process accumulating the same global batch (see
+    the DDP test above); check the engine run's record and that it saved whole weights. Returns the original, the
+    one-process and the engine-trained weights."""
     from safetensors.torch import load_file
 
     def command(extra, out):
@@ -139,18 +139,26 @@ def _fsdp_against_one_process(tmp_path, model_dir, lume_dir, method, options, pr
                 str(tmp_path / out), "--method", method, "max_steps=4", "learning_rate=1e-2", "optimizer=sgd",
                 "batch_size=5", *extra, *options]
 
-    launch = list(LAUNCH_FSDP)
+    launch = list(launch)
     launch[launch.index("--mixed_precision") + 1] = precision
     _run(SINGLE, command(["gradient_accumulation_steps=2"], "one"))
     done = _run(launch, command([], "two"))
-    assert "under FSDP" in done.stderr  # the memory estimate names the engine the run used
+    assert f"under {engine}" in done.stderr  # the memory estimate names the engine the run used
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run["world_size"] == 2 and run["steps"] == 4 and run["gate"]["verdict"] == "passed"
-    assert run["distributed_type"] == "FSDP"  # sharded by FSDP, not silently run as DDP
+    assert run["distributed_type"] == engine.upper()  # sharded by the engine, not silently run as DDP
+    assert run["bf16"] is (precision == "bf16")
     original = load_file(model_dir / "model.safetensors")
     one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert set(two) == set(original)
     assert all(two[k].shape == original[k].shape and two[k].dtype == original[k].dtype for k in original)
+    return original, one, two
+
+
+def _distance(original, one, two) -> float:
+    """How far the engine's update lies from the one-process update, relative to the latter's size."""
+    import torch
+
     moved = torch.cat([(one[k] - original[k]).flatten() for k in original])
     apart = torch.cat([(two[k] - one[k]).flatten() for k in original])
     assert moved.norm() > 0
@@ -169,13 +177,44 @@ def test_unlearn_under_fsdp_on_two_processes_matches_one(tmp_path, tiny_model_di
     process accumulating the same global batch the trained weights agree to floating-point noise (the bound of
     the DDP test), and the saved model is whole: the full state dict gathered across the processes, not one
     process's shard."""
-    distance = _fsdp_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, method, options)
-    assert distance < 1e-4, distance
+    weights = _engine_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, LAUNCH_FSDP, "FSDP", method,
+                                          options)
+    assert _distance(*weights) < 1e-4, _distance(*weights)
 
 
 def test_unlearn_under_fsdp_with_bf16_mixed_precision(tmp_path, tiny_model_dir, tiny_lume_dir):
     """The shipped config's bf16 (FSDP's mixed-precision policy: bf16 compute and communication, float32 master
     weights) on CPU processes: it takes effect (the run leaves the float32 one-process run by more than float
     noise), stays near it (bf16 keeps 8 bits of mantissa), and the saved weights are the float32 masters."""
-    distance = _fsdp_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, "NPO", [], precision="bf16")
-    assert 1e-4 < distance < 2e-2, distance
+    weights = _engine_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, LAUNCH_FSDP, "FSDP", "NPO",
+                                          precision="bf16")
+    assert 1e-4 < _distance(*weights) < 2e-2, _distance(*weights)
+
+
+ZERO3_CONFIG = FSDP_CONFIG.parent / "deepspeed-zero3.yaml"
+# The shipped ZeRO-3 config on 2 CPU processes: DeepSpeed runs on CPU itself (its CPU accelerator, gloo).
+LAUNCH_ZERO3 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ZERO3_CONFIG),
+                "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "obliviate"]
+
+
+@pytest.mark.parametrize("method", ["GradDiff", "NPO", "KL"])
+def test_unlearn_under_deepspeed_zero3_on_two_processes_matches_one(tmp_path, tiny_model_dir, tiny_lume_dir, method):
+    """DeepSpeed ZeRO stage 3 (parameters, gradients and optimizer state partitioned; KL's frozen reference
+    partitioned as well): the same weights as one process with the same global batch, saved whole from the
+    gathered float32 master weights."""
+    pytest.importorskip("deepspeed")
+    weights = _engine_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, LAUNCH_ZERO3, "DeepSpeed", method)
+    assert _distance(*weights) < 1e-4, _distance(*weights)
+
+
+def test_unlearn_under_deepspeed_zero3_with_bf16_saves_the_float32_masters(tmp_path, tiny_model_dir, tiny_lume_dir):
+    """ZeRO-3 with the config's bf16: DeepSpeed keeps the working weights in bf16, their float32 masters in the
+    optimizer, and both start from the original rounded to bf16. What is saved are the masters (not all of them
+    representable in bf16), and the update they carry is near the float32 one-process update."""
+    pytest.importorskip("deepspeed")
+    original, one, two = _engine_against_one_process(tmp_path, tiny_model_dir, tiny_lume_dir, LAUNCH_ZERO3,
+                                                     "DeepSpeed", "NPO", precision="bf16")
+    assert any((two[k] != two[k].bfloat16().float()).any() for k in two)
+    start = {k: original[k].bfloat16().float() for k in original}  # where DeepSpeed's bf16 training starts
+    updates = _distance(original, one, {k: two[k] - start[k] + original[k] for k in original})
+    assert updates < 0.2, updates

@@ -207,7 +207,9 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), **saving,
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
             disable_tqdm=not progress, logging_strategy="steps",
-            bf16=settings.bf16, activation_checkpointing=settings.gradient_checkpointing,
+            # `accelerate launch --mixed_precision bf16` (the shipped FSDP and ZeRO-3 configs) asks for it too.
+            bf16=settings.bf16 or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16",
+            activation_checkpointing=settings.gradient_checkpointing,
             # Without reentrant checkpointing, frozen embeddings (LoRA, layer selection) still get gradients through.
             activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         )
@@ -240,7 +242,13 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
                 held.remove()
             scope.finish()  # merges LoRA adapters into the weights, restores the caller's requires_grad flags
         if full_state is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-            full_state.update(_gather_weights(trainer, model))
+            full_state.update(_gather_weights(trainer, model) or {})
+        if trainer.is_deepspeed_enabled:
+            # ZeRO-3 partitions every model transformers builds while its config is registered: the training is
+            # over, so a model loaded after this one (the main process's whole copy) is an ordinary one.
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
     model.eval()
     if zeros:
         from obliviate.training.sparsity import zero_fraction
@@ -253,6 +261,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "log_history": history,
         "world_size": args.world_size,
         "distributed_type": str(trainer.accelerator.distributed_type.value),  # "NO", "MULTI_GPU", "FSDP", ...
+        "bf16": bool(args.bf16),
         "resumed_from_step": int(latest.name.split("-")[-1]) if latest is not None else None,
         "scope": scope.record,
         "weight_selection": selection,
@@ -263,8 +272,18 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
 
 def _gather_weights(trainer, model) -> dict:
     """The full weights of a model sharded across processes, on the main process's CPU (empty elsewhere).
-    A collective: every process must call it. Under FSDP it reads ``model`` after LoRA's merge, whose weights are
-    DTensor shards (the merged model is no longer FSDP's root module, so accelerate's gather cannot take it)."""
+    A collective: every process must call it.
+
+    FSDP2: ``model`` after LoRA's merge, whose weights are DTensor shards (the merged model is no longer FSDP's
+    root module, so accelerate's gather cannot take it). ZeRO-3: each trained weight's float32 master copy from
+    the optimizer's partitions (accelerate's gather gives the 16-bit working copy, which under bf16 rounds away
+    most of a small update); frozen weights are left out, as training did not change them."""
+    if trainer.is_deepspeed_enabled:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        weights = {name: safe_get_full_fp32_param(parameter).cpu()
+                   for name, parameter in trainer.model_wrapped.module.named_parameters() if parameter.requires_grad}
+        return weights if trainer.accelerator.is_main_process else {}
     if trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
