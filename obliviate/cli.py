@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "result. After each run: VerbMem and KnowMem on what was forgotten, KnowMem on retain. "
                     "Writes OUT/curves.json, OUT/curves.md and a PNG per curve.")
     curves.add_argument("--model", metavar="DIR", required=True, help="the original model (see unlearn --model)")
-    curves.add_argument("--forget", metavar="FILE", required=True, help="LUME forget set, or 'bundled'")
-    curves.add_argument("--retain", metavar="FILE", required=True, help="LUME retain set, or 'bundled'")
+    curves.add_argument("--forget", metavar="FILE", required=True,
+                        help="forget set (any format of unlearn --forget, see --format), or 'bundled'")
+    curves.add_argument("--retain", metavar="FILE", required=True, help="retain set (see --forget), or 'bundled'")
     curves.add_argument("--method", required=True, help="method name (see `obliviate methods`)")
     curves.add_argument("options", nargs="*", metavar="key=value", help="method or training options")
     curves.add_argument("--curves", default="scalability,sustainability",
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tokens generated for document continuations (VerbMem; default 128)")
     curves.add_argument("--out", metavar="DIR", required=True, help="output directory")
     curves.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_format_options(curves)
 
     tune = commands.add_parser(
         "tune", help="search a method's learning rate, steps and loss weights on a validation split",
@@ -249,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "(default: the bundled benchmark)")
     tune.add_argument("--model", metavar="DIR", help="tune on this model instead of the micro target, with "
                                                      "--forget/--retain (see unlearn)")
-    tune.add_argument("--forget", metavar="FILE", help="LUME forget set for --model")
-    tune.add_argument("--retain", metavar="FILE", help="LUME retain set for --model")
-    tune.add_argument("--utility", metavar="FILE", help="LUME-format utility set for --model (enables the gate)")
+    tune.add_argument("--forget", metavar="FILE", help="forget set for --model (any format of unlearn --forget, see "
+                                                        "--format)")
+    tune.add_argument("--retain", metavar="FILE", help="retain set for --model (see --forget)")
+    tune.add_argument("--utility", metavar="FILE", help="utility set for --model (see --forget; enables the gate)")
     tune.add_argument("--mia", metavar="DIR", help="directory with nonmember.jsonl for --model (enables the MIA)")
     tune.add_argument("--trials", type=int, default=8, help="trials to run (default 8)")
     tune.add_argument("--space", action="append", default=[], metavar="key=v1,v2,...",
@@ -264,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", metavar="DIR", required=True,
                       help="output directory; an existing search there is resumed")
     tune.add_argument("--overwrite", action="store_true", help="discard a search in --out and start again")
+    _add_format_options(tune)
     _add_generation_options(tune)
 
     _add_dp2_parser(commands)
@@ -292,10 +296,12 @@ def _add_dp2_parser(commands) -> None:
                      help="base: the pretrained model to DP-fine-tune (default: the bundled base); unlearn: a "
                           "`dp2 base` output directory")
     dp2.add_argument("--train", metavar="FILE", nargs="+",
-                     help="base: LUME files of every training document, forget documents included (default: the "
-                          "micro benchmark's forget, retain and utility sets)")
+                     help="base: files of every training document, forget documents included, in any format of "
+                          "unlearn --forget (see --format; default: the micro benchmark's forget, retain and "
+                          "utility sets)")
     dp2.add_argument("--retain", metavar="FILE", nargs="+",
-                     help="unlearn: LUME files of the documents to keep (each is checked for memorisation)")
+                     help="unlearn: files of the documents to keep (see --train; each is checked for "
+                          "memorisation)")
     dp2.add_argument("--out", metavar="DIR", help="output directory (base, unlearn: model/ and dp2.json; "
                                                    "compare: results.json, report.md)")
     dp2.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -320,6 +326,7 @@ def _add_dp2_parser(commands) -> None:
     dp2.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="compare: unlearning seeds (default 0,1,2)")
     dp2.add_argument("--cache-dir", metavar="DIR", help="compare: model cache (see demo)")
     _add_generation_options(dp2)
+    _add_format_options(dp2)
 
 
 def _add_format_options(parser: argparse.ArgumentParser) -> None:
@@ -718,7 +725,8 @@ def cmd_audit_report(args) -> int:
 def cmd_muse_curves(args) -> int:
     from obliviate.audit.curves import CurveSettings, muse_point, scalability, sustainability
     from obliviate.config import parse_key_values
-    from obliviate.data.lume import load_forget_retain
+    from obliviate.data.formats import load_forget_retain
+    from obliviate.data.rows import parse_columns
     from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.models.loading import check_model_dir, load_model
     from obliviate.report.curves import curves_markdown, plot_curve
@@ -737,7 +745,8 @@ def cmd_muse_curves(args) -> int:
     settings = CurveSettings(sizes=sizes, requests=args.requests, batch_size=args.batch_size,
                              continuation_tokens=args.max_new_tokens)
     run_plan = plan(args.method, parse_key_values(args.options))
-    forget, retain = load_forget_retain(_probe_file(args.forget, "forget"), _probe_file(args.retain, "retain"))
+    forget, retain = load_forget_retain(_probe_file(args.forget, "forget"), _probe_file(args.retain, "retain"),
+                                        args.format, parse_columns(args.columns))
 
     def load_original():
         return load_model(args.model, device=None).model
@@ -843,13 +852,15 @@ def cmd_base(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    from obliviate.data.rows import parse_columns
     from obliviate.tune import TuneRequest, tune
 
     request = TuneRequest(
         method=args.method, out=Path(args.out), trials=args.trials, space=args.space, seed=args.seed,
         data=args.data, model=args.model, forget=args.forget, retain=args.retain, utility=args.utility,
         mia=args.mia, validation_fraction=args.validation_fraction, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite, base=_base_value(args.base))
+        batch_size=args.batch_size, cache_dir=args.cache_dir, overwrite=args.overwrite, base=_base_value(args.base),
+        format=args.format, columns=parse_columns(args.columns))
     result = tune(request, log=lambda message: print(message, file=sys.stderr, flush=True))
     from obliviate.manifest import write_manifest
 
@@ -876,13 +887,16 @@ def cmd_dp2(args) -> int:
     import dataclasses
 
     from obliviate import dp2
-    from obliviate.data.lume import load_probes
     from obliviate.io import check_output_dir
 
     if args.out is None:
         raise InputError(f"dp2 {args.action} needs --out", field="out")
     check_output_dir(args.out, args.overwrite)
     if args.action == "compare":
+        if args.format != "auto" or args.columns:
+            raise InputError("dp2 compare runs on the micro benchmark (LUME); --format and --columns are for the "
+                             "--train and --retain files of dp2 base and dp2 unlearn",
+                             field="format" if args.format != "auto" else "columns")
         dp2.compare(dp2.Comparison(config=_dp_config(args), methods=_csv(args.methods), seeds=args.seeds,
                                    out=Path(args.out), cache_dir=args.cache_dir, max_new_tokens=args.max_new_tokens,
                                    batch_size=args.batch_size, overwrite=args.overwrite,
@@ -899,7 +913,7 @@ def cmd_dp2(args) -> int:
         model_dir = Path(args.model) if args.model and args.model != BUNDLED else bundled_base_dir()
         check_model_dir(model_dir)
         if args.train:
-            probes = _load_disjoint(args.train)
+            probes = _load_disjoint(args.train, args, side="train")
         else:
             benchmark = benchmark_from(None)
             probes = benchmark.forget + benchmark.retain + benchmark.utility
@@ -915,11 +929,10 @@ def cmd_dp2(args) -> int:
     if not args.retain:
         raise InputError("dp2 unlearn needs --retain: the documents to keep", field="retain")
     dp2.read_dp_record(Path(args.model))
-    _load_disjoint(args.retain)
     keep: dict[str, list] = {}
-    for name in args.retain:
+    for name, probes in _load_disjoint(args.retain, args, side="retain", by_file=True).items():
         label = Path(name).stem if Path(name).stem not in keep else f"{Path(name).stem}-{len(keep)}"
-        keep[label] = load_probes(name)
+        keep[label] = probes
     recipe = _recipe("bundled", args)
     dp2.unlearn(Path(args.model), keep, Path(args.out), recipe=recipe, overwrite=args.overwrite,
                 inputs=dp2.file_inputs({f"retain{i}": Path(f) for i, f in enumerate(args.retain)}),
@@ -927,21 +940,27 @@ def cmd_dp2(args) -> int:
     return 0
 
 
-def _load_disjoint(files) -> list:
-    """Every probe of ``files``; a probe id in two files is an error naming both."""
-    from obliviate.data.lume import load_probes
+def _load_disjoint(files, args, side: str, by_file: bool = False):
+    """Every probe of ``files`` (in ``args.format``, ``args.columns``; ``side`` picks a MUSE directory's or a
+    saved DatasetDict's part), as one list or by file; a probe id in two files is an error naming both."""
+    from obliviate.data.formats import load_probe_file
+    from obliviate.data.rows import parse_columns
 
+    columns = parse_columns(args.columns)
     seen: dict[str, str] = {}
-    probes = []
+    loaded: dict[str, list] = {}
     for name in files:
-        for probe in load_probes(name):
+        where: dict = {}
+        loaded[name] = load_probe_file(name, args.format, columns, side=side, where=where)
+        for probe in loaded[name]:
             if probe.id in seen:
-                raise InputError(f"probe id {probe.id!r} is also in {seen[probe.id]}", path=name, field="id")
+                path, line = where.get(probe.id, (name, None))
+                raise InputError(f"probe id {probe.id!r} is also in {seen[probe.id]}", path=path, line=line,
+                                 field="id")
             seen[probe.id] = name
-            probes.append(probe)
-    if not probes:
+    if not any(loaded.values()):
         raise InputError("no probes in the given files", path=files[0])
-    return probes
+    return loaded if by_file else [probe for probes in loaded.values() for probe in probes]
 
 
 def _log(message: str) -> None:
@@ -987,8 +1006,9 @@ def _add_restor_parser(commands) -> None:
     restor.add_argument("--model", metavar="DIR",
                         help="the clean model (default: the micro benchmark's target); with --data")
     restor.add_argument("--data", metavar="DIR",
-                        help="forget.jsonl, retain.jsonl (optional utility.jsonl) whose documents the clean model "
-                             "knows, e.g. `obliviate micro`'s OUT/data (default: the bundled micro benchmark)")
+                        help="forget and retain sets (optional utility) whose documents the clean model knows, as "
+                             "evaluate --data reads them (see --format), e.g. `obliviate micro`'s OUT/data (default: "
+                             "the bundled micro benchmark)")
     restor.add_argument("--base", metavar="DIR",
                         help="the pretrained base the clean model was fine-tuned from, for methods that need it "
                              "(default with the micro target: the bundled base)")
@@ -998,10 +1018,12 @@ def _add_restor_parser(commands) -> None:
                         help=f"tokens generated per question, greedy (default {defaults.max_new_tokens})")
     restor.add_argument("--batch-size", type=int, default=defaults.batch_size,
                         help=f"questions per generation batch (default {defaults.batch_size})")
+    _add_format_options(restor)
 
 
 def cmd_restor(args) -> int:
     from obliviate.audit.restor import RestorSettings, run_restor
+    from obliviate.data.rows import parse_columns
 
     if (args.model is None) != (args.data is None):
         raise InputError("--model and --data go together (the clean model and the documents it knows)",
@@ -1012,7 +1034,7 @@ def cmd_restor(args) -> int:
         corruption_learning_rate=args.corruption_lr, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size)
     run_restor(settings, out=args.out, overwrite=args.overwrite, model=args.model, data=_restor_data(args.data),
-               base=args.base, cache_dir=args.cache_dir, command=_command_line(),
+               data_format=args.format, columns=parse_columns(args.columns), base=args.base, cache_dir=args.cache_dir, command=_command_line(),
                log=lambda message: print(message, file=sys.stderr, flush=True))
     return 0
 
@@ -1040,8 +1062,8 @@ def _add_forget_set_parser(commands) -> None:
     forget_set.add_argument("options", nargs="*", metavar="key=value",
                             help="method or training options, as `obliviate unlearn` takes them")
     forget_set.add_argument("--pool", metavar="FILE", required=True,
-                            help="LUME file (.jsonl or .parquet) of the candidate documents' probes, or 'bundled': "
-                                 "the micro benchmark's test part (forget and retain documents)")
+                            help="the candidate documents' probes, in any format of unlearn --forget (see --format), "
+                                 "or 'bundled': the micro benchmark's test part (forget and retain documents)")
     forget_set.add_argument("--out", metavar="FILE", required=True,
                             help="the forget set to write (.jsonl or .parquet); the record goes to "
                                  "<stem>.selection.json beside it")
@@ -1049,8 +1071,8 @@ def _add_forget_set_parser(commands) -> None:
                             help="the model to unlearn from (see unlearn --model; default: the micro benchmark's "
                                  "target)")
     forget_set.add_argument("--retain", metavar="FILE",
-                            help="LUME retain documents kept in every unlearning run, besides the pool's unchosen "
-                                 "documents")
+                            help="retain documents kept in every unlearning run, besides the pool's unchosen "
+                                 "documents (see --pool)")
     forget_set.add_argument("--rest", metavar="FILE",
                             help="also write the pool's other documents here (a retain set for `obliviate unlearn`)")
     forget_set.add_argument("--steps", type=int, default=defaults.unroll_steps,
@@ -1070,6 +1092,7 @@ def _add_forget_set_parser(commands) -> None:
                             help="then unlearn the chosen set and N random sets of the same size (the rest of the "
                                  "pool as retain) and print their scores side by side (default 0: no comparison)")
     forget_set.add_argument("--overwrite", action="store_true", help="replace --out (and its record) if they exist")
+    _add_format_options(forget_set)
     _add_generation_options(forget_set)
     forget_set.set_defaults(batch_size=32)
 
@@ -1078,6 +1101,7 @@ def cmd_forget_set(args) -> int:
     import json
 
     from obliviate.config import parse_key_values
+    from obliviate.data.rows import parse_columns
     from obliviate.data.worst_case import ForgetSetRequest, comparison_table, record_path, run_forget_set
 
     request = ForgetSetRequest(
@@ -1086,7 +1110,7 @@ def cmd_forget_set(args) -> int:
         settings={"unroll_steps": args.steps, "iterations": args.iterations, "inner_lr": args.inner_lr,
                   "outer_lr": args.outer_lr, "unroll_layers": args.unroll_layers, "seed": args.seed},
         compare_random=args.compare_random, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        overwrite=args.overwrite, command=_command_line())
+        overwrite=args.overwrite, command=_command_line(), format=args.format, columns=parse_columns(args.columns))
     record = run_forget_set(request, log=lambda message: print(message, file=sys.stderr, flush=True))
     if "comparison" in record:
         print(comparison_table(record["comparison"]))

@@ -523,6 +523,8 @@ class TuneRequest:
     cache_dir: str | None = None
     overwrite: bool = False
     base: str | None = "bundled"  # the pretrained base of the micro target (and BaseTeacher's teacher)
+    format: str = "auto"  # of --forget/--retain/--utility (obliviate.data.formats)
+    columns: dict | None = None
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -554,11 +556,15 @@ def check_request(request: TuneRequest) -> dict[str, list]:
         raise InputError("give either --data (micro benchmark) or --model/--forget/--retain", field="data")
     if not request.model and (request.retain or request.utility or request.mia):
         raise InputError("--retain, --utility and --mia go with --model/--forget", field="model")
+    if not request.model and (request.format not in ("auto", "lume") or request.columns):
+        raise InputError("--format and --columns apply to --model's --forget/--retain/--utility files; the micro "
+                         "benchmark (--data) is LUME", field="format" if request.format != "auto" else "columns")
     return parse_space(request.method, request.space)
 
 
 def _user_benchmark(request: TuneRequest) -> Benchmark:
-    from obliviate.data.lume import documents_from_probes, load_documents, load_forget_retain, load_probes
+    from obliviate.data.formats import load_forget, load_forget_retain, load_probe_file
+    from obliviate.data.lume import documents_from_probes, load_documents
     from obliviate.data.micro import bundled_dir
     from obliviate.methods import get_method
 
@@ -568,12 +574,13 @@ def _user_benchmark(request: TuneRequest) -> Benchmark:
     if request.mia == "bundled":
         request.mia = str(bundled_dir())
     if request.retain:
-        forget, retain = load_forget_retain(request.forget, request.retain)
+        forget, retain = load_forget_retain(request.forget, request.retain, request.format, request.columns)
     elif get_method(request.method).needs_retain:
         raise InputError(f"method {request.method} needs --retain", field="retain")
     else:
-        forget, retain = load_probes(request.forget), []
-    utility = load_probes(request.utility) if request.utility else []
+        forget, retain = load_forget(request.forget, request.format, request.columns), []
+    utility = load_probe_file(request.utility, request.format, request.columns, side="utility") \
+        if request.utility else []
     nonmembers = load_documents(Path(request.mia) / "nonmember.jsonl") if request.mia else []
     return Benchmark(forget=forget, retain=retain, utility=utility,
                      members=documents_from_probes(forget) if request.mia else [], nonmembers=nonmembers,

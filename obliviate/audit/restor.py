@@ -516,28 +516,32 @@ def tables(rows: Sequence[dict]) -> tuple[str, str]:
             markdown_table(rows, columns=ALL_COLUMNS, per_task=False))
 
 
-def _load_data(data: str | Path | None):
-    """The benchmark (the bundled one, or forget/retain/utility files of a directory) and the full forget set."""
+def _load_data(data: str | Path | None, format: str = "auto", columns: dict | None = None):
+    """The benchmark: the bundled one, or the forget/retain (and utility, if there) sets of a directory in any
+    format :func:`obliviate.data.formats.load_probe_dir` reads."""
     from obliviate.data.micro import Benchmark, benchmark_from
 
     if data is None:
         return benchmark_from(None)
-    from obliviate.data.lume import find_data_file, load_probe_dir, load_probes
+    from obliviate.data.formats import load_probe_dir
 
     directory = Path(data)
-    sets = load_probe_dir(directory, ("forget", "retain"))
-    has_utility = any((directory / f"utility{suffix}").is_file() for suffix in (".jsonl", ".parquet"))
-    utility = load_probes(find_data_file(directory, "utility")) if has_utility else []
+    sets = load_probe_dir(directory, ("forget", "retain"), format, columns)
+    has_utility = any((directory / f"utility{suffix}").exists()
+                      for suffix in (".jsonl", ".parquet", ".json", ".txt", ""))
+    utility = load_probe_dir(directory, ("utility",), format, columns)["utility"] if has_utility else []
     return Benchmark(forget=sets["forget"], retain=sets["retain"], utility=utility, members=[], nonmembers=[],
                      source=str(directory))
 
 
 def run_restor(settings: RestorSettings, *, out: str | Path, overwrite: bool = False, model: str | Path | None = None,
-               data: str | Path | None = None, base: str | Path | None = None, cache_dir: str | Path | None = None,
+               data: str | Path | None = None, data_format: str = "auto", columns: dict | None = None,
+               base: str | Path | None = None, cache_dir: str | Path | None = None,
                command: str = "obliviate restor", log: Callable[[str], None] = print) -> dict:
     """Corrupt the clean model, unlearn the corruption with each method and seed, judge every fact; write
     ``OUT/results.json``, ``OUT/report.md``, ``OUT/facts.json``, ``OUT/judgements.jsonl`` and the corruption
-    and context rows. Returns the results."""
+    and context rows. Returns the results. ``data_format``, ``columns``: how to read ``data``
+    (:mod:`obliviate.data.formats`)."""
     import tempfile
 
     from obliviate.demo import _needs_base, method_entry
@@ -554,7 +558,7 @@ def run_restor(settings: RestorSettings, *, out: str | Path, overwrite: bool = F
     if model is not None:
         check_model_dir(model)
     base_dir = resolve_base(base) if base is not None else None
-    benchmark = _load_data(data)
+    benchmark = _load_data(data, data_format, columns)
     if settings.part == "all":
         part = benchmark
     else:

@@ -640,7 +640,7 @@ class ForgetSetRequest:
 
     size: int
     method: str
-    pool: str  # a LUME file, or "bundled": the micro benchmark's test part (forget + retain documents)
+    pool: str  # a probe file (any format), or "bundled": the micro benchmark's test part (forget + retain documents)
     out: str
     options: dict = field(default_factory=dict)  # method and training options, as `obliviate unlearn` takes them
     model: str | None = None  # default: the micro benchmark's target
@@ -652,6 +652,8 @@ class ForgetSetRequest:
     batch_size: int = 32
     overwrite: bool = False
     command: str = ""
+    format: str = "auto"  # of --pool and --retain (obliviate.data.formats)
+    columns: dict | None = None
 
 
 def bundled_pool() -> list[Probe]:
@@ -684,8 +686,9 @@ def comparison_plan(run_plan, size: int, steps_given: bool):
 def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print) -> dict:
     """Select the worst-case forget set, optionally compare it with random sets, write the files; returns the
     record written beside the forget set."""
-    from obliviate.data.lume import check_disjoint, load_probes
-    from obliviate.io import sha256_file, write_json_atomic
+    from obliviate.data.formats import check_disjoint, load_probe_file
+    from obliviate.data.formats import sha256_input
+    from obliviate.io import write_json_atomic
     from obliviate.training.unlearn import plan
 
     run_plan = plan(request.method, request.options)
@@ -704,12 +707,13 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
         pool_path, pool = BUNDLED, bundled_pool()
     else:
         pool_path = Path(request.pool)
-        pool = load_probes(pool_path)
+        pool = load_probe_file(pool_path, request.format, request.columns, side="forget")
     documents = check_pool(pool, settings.size, pool_path)
     retain: list[Probe] = []
     if request.retain:
-        retain = load_probes(request.retain)
-        check_disjoint(pool, retain, request.retain)
+        where: dict = {}
+        retain = load_probe_file(request.retain, request.format, request.columns, side="retain", where=where)
+        check_disjoint(pool, retain, request.retain, where)
     if request.model is not None:
         from obliviate.models.loading import check_model_dir
 
@@ -734,7 +738,7 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
         "method": run_plan.method_name, "options": run_plan.options(), "size": settings.size,
         "settings": dataclasses.asdict(settings), "unroll_steps": settings.unroll_steps,
         "upper_iterations": settings.iterations, "seed": settings.seed,
-        "pool": str(pool_path), "pool_sha256": None if pool_path == BUNDLED else sha256_file(pool_path),
+        "pool": str(pool_path), "pool_sha256": None if pool_path == BUNDLED else sha256_input(pool_path),
         "pool_documents": len(documents), "model": str(Path(model_dir).resolve()),
         "retain": request.retain, "weights": dict(zip(selection.document_ids, selection.weights)),
         "chosen": selection.chosen, "objective_per_iteration": selection.objective,
