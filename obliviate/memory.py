@@ -93,7 +93,10 @@ def training_estimate(model, settings, method, *, world_size: int = 1, engine: s
     """What a run will hold per process, before it starts: the weights, the gradients and AdamW's two moments
     of what trains (LoRA adapters: ``rank x (in + out)`` per adapted module), a second model where the method
     keeps one (a reference model, the pretrained base), split across processes under FSDP or DeepSpeed
-    (ZeRO-3 shards all three). Activations depend on batch and length and are not counted."""
+    (ZeRO-3 shards all three). Activations depend on batch and length and are not counted. Under a sharding
+    engine every process first holds the whole model (it loads it, takes the reference log-probabilities and the
+    gate's first measure, then the engine shards it; the main process rebuilds it whole to save):
+    ``whole_model_bytes``."""
     import torch
 
     from obliviate.training.scope import planned_weights
@@ -118,12 +121,16 @@ def training_estimate(model, settings, method, *, world_size: int = 1, engine: s
     shards = world_size if engine in ("FSDP", "DeepSpeed") else 1
     per_process = {name: value / shards for name, value in parts.items()}
     return {"bytes_per_process": sum(per_process.values()), "parts_per_process": per_process,
-            "trainable_parameters": trainable, "parameters": total, "processes": world_size, "engine": engine}
+            "trainable_parameters": trainable, "parameters": total, "processes": world_size, "engine": engine,
+            "whole_model_bytes": total * element if shards > 1 else None}
 
 
 def estimate_line(estimate: dict) -> str:
     parts = ", ".join(f"{name.replace('_', ' ')} {value / GIB:.2f}" for name, value in
                       estimate["parts_per_process"].items() if value)
     engine = f" under {estimate['engine']}" if estimate["engine"] else ""
+    whole = estimate.get("whole_model_bytes")
+    before = f"; each process first loads the whole model, {whole / GIB:.2f} GiB, before it is sharded" if whole \
+        else ""
     return (f"memory: needs about {estimate['bytes_per_process'] / GIB:.2f} GiB per process{engine} ({parts} GiB; "
-            f"activations not counted)")
+            f"activations not counted){before}")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from obliviate.cli import main
-from obliviate.memory import training_estimate
+from obliviate.memory import estimate_line, training_estimate
 from obliviate.training.unlearn import plan
 
 
@@ -23,6 +23,9 @@ def test_memory_estimate_counts_weights_gradients_optimizer_and_a_second_model(t
     sharded = training_estimate(tiny_model, graddiff.training, type("M", (), {"needs_reference": None}),
                                 world_size=2, engine="FSDP")
     assert sharded["bytes_per_process"] == pytest.approx(estimate["bytes_per_process"] / 2)
+    assert sharded["whole_model_bytes"] == total * 4 and estimate["whole_model_bytes"] is None
+    assert "each process first loads the whole model" in estimate_line(sharded)
+    assert "whole model" not in estimate_line(estimate)
     lora = plan("GradDiff", {"lora": True, "lora_rank": 2})
     adapters = training_estimate(tiny_model, lora.training, type("M", (), {"needs_reference": None}))
     assert 0 < adapters["trainable_parameters"] < total / 4
