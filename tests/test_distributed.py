@@ -25,8 +25,13 @@ LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--
 SINGLE = [sys.executable, "-m", "obliviate"]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def _run(prefix, args):
-    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    # The repository on the path: `-m tests.cpu_fsdp` from wherever pytest was started.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     done = subprocess.run(prefix + args, capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -118,7 +123,7 @@ def test_unlearn_on_two_processes_matches_one_with_the_same_global_batch(tmp_pat
     assert apart.norm() / moved.norm() < 1e-4, float(apart.norm() / moved.norm())
 
 
-FSDP_CONFIG = Path(__file__).resolve().parents[1] / "obliviate" / "configs" / "accelerate" / "fsdp.yaml"
+FSDP_CONFIG = ROOT / "obliviate" / "configs" / "accelerate" / "fsdp.yaml"
 # The shipped FSDP config on 2 CPU processes, in full precision unless a test sets --mixed_precision.
 # tests/cpu_fsdp.py lets accelerate run FSDP on CPU processes, which it otherwise reserves for accelerator devices.
 LAUNCH_FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
