@@ -63,9 +63,9 @@ class LoRANegation:
 
     def run(self, model, tokenizer, forget, retain, settings, reference_loader=None, progress=True) -> dict:
         import torch
-        from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
+        from obliviate.training.scope import attach_lora
         from obliviate.training.unlearn import train_with
 
         if getattr(settings, "lora", False):
@@ -76,9 +76,8 @@ class LoRANegation:
             raise InputError("LoRANegation found no trainable linear layer to adapt", field="model")
         shape = {key: getattr(settings, key, default) for key, default in ADAPTER_DEFAULTS.items()}
         trainable = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
-        adapter = LoraConfig(r=shape["lora_rank"], lora_alpha=shape["lora_alpha"],
-                             lora_dropout=shape["lora_dropout"], target_modules=targets, bias="none")
-        peft_model = get_peft_model(model, adapter)  # injects the LoRA layers into `model` itself
+        # Injects the LoRA layers into `model` itself.
+        peft_model = attach_lora(model, targets, shape["lora_rank"], shape["lora_alpha"], shape["lora_dropout"])
         record = train_with(FineTuneOnForget(), peft_model, tokenizer, forget, retain, settings, progress=progress)
         scale = self.config.negation_scale
         with torch.no_grad():
