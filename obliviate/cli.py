@@ -884,8 +884,6 @@ def _dp_config(args):
 
 
 def cmd_dp2(args) -> int:
-    import dataclasses
-
     from obliviate import dp2
     from obliviate.io import check_output_dir
 

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from obliviate.data.records import Probe
 from obliviate.errors import InputError
-from obliviate.io import atomic_output_dir, check_output_dir, sha256_file, sha256_json, write_json_atomic
+from obliviate.io import atomic_output_dir, check_output_dir, sha256_json, write_json_atomic
 from obliviate.training.dp import DPConfig
 
 RECORD = "dp2.json"
@@ -263,7 +263,10 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
 
 
 def file_inputs(paths: dict[str, Path | None]) -> dict:
-    """``{name: {"path", "sha256"}}`` for the input files given."""
-    return {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in paths.items()
-            if path is not None and Path(path).is_file()}
+    """``{name: {"path", "sha256"}}`` for the input files given (a folder of documents or a saved dataset: the hash
+    of its files, :func:`obliviate.data.formats.sha256_input`)."""
+    from obliviate.data.formats import sha256_input
+
+    return {name: {"path": str(path), "sha256": sha256_input(path)} for name, path in paths.items()
+            if path is not None and Path(path).exists()}
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from obliviate.cli import main
+from obliviate.data.formats import sha256_input
 from obliviate.data.lume import load_probes, read_records
 
 COLUMNS = ["--format", "parquet", "--columns", "id=key,input=prompt,output=completion"]
@@ -93,6 +94,7 @@ def test_dp2_base_and_unlearn(tmp_path, tiny_model_dir, renamed_dir, tiny_lume_d
     record = json.loads((base_out / "dp2.json").read_text())
     everything = _documents(tiny_lume_dir / "forget.jsonl") | _documents(tiny_lume_dir / "retain.jsonl")
     assert set(record["documents"]) == everything
+    assert record["inputs"]["train0"]["sha256"] == sha256_input(renamed_dir / "forget.parquet")
     out = tmp_path / "unlearned"
     code = main(["dp2", "unlearn", "--model", str(base_out), "--retain", str(renamed_dir / "retain.parquet"),
                  "--max-passes", "1", "--max-new-tokens", "2", "--out", str(out), *COLUMNS])
