@@ -1216,7 +1216,13 @@ COMMANDS["forget-set"] = cmd_forget_set
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "options") and all("=" in item and not item.startswith("-") for item in extra):
+        # key=value options after a later flag (`--method NPO max_steps=4 --out X lr=1e-5`): argparse takes only
+        # the first run of them as the positional; the rest are options all the same.
+        args.options = list(args.options or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT

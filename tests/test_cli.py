@@ -141,6 +141,21 @@ def test_bad_option(args, message, tmp_path, tiny_model_dir, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_options_on_both_sides_of_a_flag_are_all_taken(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    out = tmp_path / "o"
+    code = main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                 "--method", "GradAscent", "max_steps=1", "--checkpoint-every", "0", "batch_size=3", "--no-gate",
+                 "learning_rate=1e-6", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    training = json.loads((out / "run.json").read_text())["options"]["training"]
+    assert (training["max_steps"], training["batch_size"], training["learning_rate"]) == (1, 3, 1e-6)
+    # A stray word that is not key=value is still an error.
+    with pytest.raises(SystemExit):
+        main(["unlearn", "--model", str(tiny_model_dir), "--forget", "bundled", "--method", "NPO", "max_steps=1",
+              "--no-gate", "stray", "--out", str(tmp_path / "p")])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
 def test_missing_model_dir(tmp_path, capsys):
     code = main(["unlearn", "--model", str(tmp_path / "missing"), "--forget", "bundled", "--retain", "bundled",
                  "--method", "NPO", "--out", str(tmp_path / "o")])
