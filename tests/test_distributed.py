@@ -223,3 +223,51 @@ def test_unlearn_under_deepspeed_zero3_with_bf16_saves_the_float32_masters(tmp_p
     start = {k: original[k].bfloat16().float() for k in original}  # where DeepSpeed's bf16 training starts
     updates = _distance(original, one, {k: two[k] - start[k] + original[k] for k in original})
     assert updates < 0.2, updates
+
+
+def test_a_killed_fsdp_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir, tiny_lume_dir):
+    """kill -9 of the whole launch (launcher and both processes) after a checkpoint: the same command continues
+    from the FSDP checkpoint (sharded model and optimizer state, scheduler, RNG) and ends with the same weights as
+    an uninterrupted run, up to floating-point noise."""
+    import signal
+    import time
+
+    import psutil
+
+    from obliviate.training.resume import Checkpointing, resume_dir
+
+    steps = 60
+
+    def command(out):
+        return LAUNCH_FSDP + ["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                              "--retain", str(tiny_lume_dir / "retain.jsonl"), "--method", "NPO", f"max_steps={steps}",
+                              "batch_size=2", "learning_rate=1e-3", "--checkpoint-every", "10", "--no-gate", "--out",
+                              str(out)]
+
+    _run([], command(tmp_path / "whole"))
+    out = tmp_path / "killed"
+    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = Checkpointing(resume_dir(out), every=10)
+    deadline = time.time() + 300
+    while checkpoints.latest() is None and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    for child in psutil.Process(process.pid).children(recursive=True):  # the elastic agent starts the workers
+        child.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.returncode == 0:
+        pytest.fail("the run finished before it could be killed; raise the steps")
+    assert checkpoints.latest() is not None and not out.exists()
+    done = _run([], command(out))
+    assert "resuming from" in done.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"] == steps and run["resumed_from_step"] >= 10 and run["distributed_type"] == "FSDP"
+    import torch
+
+    expected, got = _weights(tmp_path / "whole"), _weights(out)
+    assert expected.keys() == got.keys()
+    apart = torch.cat([(got[k] - expected[k]).flatten() for k in expected]).norm()
+    assert apart / torch.cat([v.flatten() for v in expected.values()]).norm() < 1e-6, float(apart)
+    assert not resume_dir(out).exists()
