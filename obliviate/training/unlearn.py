@@ -276,8 +276,8 @@ def _gather_weights(trainer, model) -> dict:
 
     FSDP2: ``model`` after LoRA's merge, whose weights are DTensor shards (the merged model is no longer FSDP's
     root module, so accelerate's gather cannot take it). ZeRO-3: each trained weight's float32 master copy from
-    the optimizer's partitions (accelerate's gather gives the 16-bit working copy, which under bf16 rounds away
-    most of a small update); frozen weights are left out, as training did not change them."""
+    the optimizer's partitions (accelerate's gather gives the 16-bit working copy, under bf16 the weights rounded
+    to bf16); frozen weights are left out, as training did not change them."""
     if trainer.is_deepspeed_enabled:
         from deepspeed.utils import safe_get_full_fp32_param
 
