@@ -156,6 +156,20 @@ def test_options_on_both_sides_of_a_flag_are_all_taken(tmp_path, tiny_model_dir,
     assert "unrecognized arguments: stray" in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
+def test_training_bar_follows_obliviate_progress(tmp_path, tiny_model_dir, tiny_lume_dir, monkeypatch, capsys):
+    def run(out):
+        return main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                     "--method", "GradAscent", "max_steps=2", "--checkpoint-every", "0", "--no-gate",
+                     "--out", str(tmp_path / out)])
+
+    monkeypatch.setenv("OBLIVIATE_PROGRESS", "0")
+    assert run("quiet") == 0
+    assert "it/s]" not in capsys.readouterr().err
+    monkeypatch.setenv("OBLIVIATE_PROGRESS", "1")
+    assert run("shown") == 0
+    assert "2/2 [" in capsys.readouterr().err  # the Trainer's bar, with its count
+
+
 def test_missing_model_dir(tmp_path, capsys):
     code = main(["unlearn", "--model", str(tmp_path / "missing"), "--forget", "bundled", "--retain", "bundled",
                  "--method", "NPO", "--out", str(tmp_path / "o")])

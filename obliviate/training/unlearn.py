@@ -124,6 +124,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     import torch
     from transformers import TrainingArguments
 
+    from obliviate.progress import enabled as progress_enabled
     from obliviate.training.data import PairedCollator, PairedDataset, attach_reference_log_probs, encode_probes
     from obliviate.training.scope import apply_scope
     from obliviate.training.trainer import UnlearningTrainer
@@ -206,7 +207,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             max_grad_norm=settings.max_grad_norm, optim=OPTIMIZERS[settings.optimizer], seed=settings.seed,
             data_seed=settings.seed, logging_steps=max(1, settings.max_steps // 10), **saving,
             report_to=[], remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
-            disable_tqdm=not progress, logging_strategy="steps",
+            disable_tqdm=not (progress and progress_enabled()), logging_strategy="steps",
             # `accelerate launch --mixed_precision bf16` (the shipped FSDP and ZeRO-3 configs) asks for it too.
             bf16=settings.bf16 or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16",
             activation_checkpointing=settings.gradient_checkpointing,
