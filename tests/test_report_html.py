@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from obliviate.report.html import PLOT_IDS, demo_html
+from obliviate.report.html import PLOT_IDS, demo_html, markdown_report_html
 
 TASKS = ("Task1", "Task2", "Task3")
 
@@ -83,3 +83,55 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # The plots' colours (matplotlib's blue, orange, the oracle's gold star) are on the page, not only black text.
     colours = numpy.unique((pixels[not_white] * 255).astype(int) // 32, axis=0)
     assert len(colours) > 20
+
+
+def _png(path, colour):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.bar([0, 1], [0.4, 0.9], color=colour)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+MARKDOWN = """# A report with `code`
+
+Data: digits; 2 < 3 & more.
+
+| method | forget acc | H |
+|---|---|---|
+| laf | 0.002 ± 0.001 | 0.850 |
+| retrain | 0.000 ± 0.000 | 0.875 |
+
+![metrics](plot.png)
+
+Total wall time 12 s.
+"""
+
+
+def test_a_markdown_report_becomes_html_with_its_plot_embedded(tmp_path):
+    _png(tmp_path / "plot.png", "tab:red")
+    page = markdown_report_html(MARKDOWN, tmp_path)
+    assert "<h1>A report with <code>code</code></h1>" in page
+    assert "<p>Data: digits; 2 &lt; 3 &amp; more.</p>" in page  # escaped, never raw HTML
+    assert page.count("<tr>") == 3 and "<th>forget acc</th>" in page and "<td>0.002 ± 0.001</td>" in page
+    assert "---" not in page  # the separator row is not a row
+    match = re.search(r'<img alt="metrics" src="data:image/png;base64,([^"]+)"', page)
+    assert match and base64.b64decode(match.group(1)) == (tmp_path / "plot.png").read_bytes()
+    assert "<p>Total wall time 12 s.</p>" in page
+
+
+def test_a_markdown_report_renders_in_headless_chromium(tmp_path):
+    chromium = _chromium()
+    _png(tmp_path / "plot.png", "tab:blue")
+    page = tmp_path / "report.html"
+    page.write_text(markdown_report_html(MARKDOWN, tmp_path))
+    (tmp_path / "plot.png").unlink()  # self-contained: nothing is fetched
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    rendered = re.search(r'data-plots-rendered="(\d+)"', dom.stdout)
+    assert rendered and int(rendered.group(1)) == 1, dom.stdout[:500]
+

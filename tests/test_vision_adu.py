@@ -154,6 +154,8 @@ def test_cli_end_to_end_tiny(tmp_path, capsys):
                                          / (run["kept_accuracy"] + run["forget_error"]))
     assert [r["method"] for r in results["rows"]][:4] == ["pretrained", "adu", "baseline", "retrain"]
     assert "![" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "<table>" in page and page.count('src="data:image/png;base64,') == 1
     assert (out / "adu.png").read_bytes()[:4] == b"\x89PNG"
     assert results["target"]["cached"] is False
     # The target and the retrained models are cached: a second run trains none of them.

@@ -182,6 +182,8 @@ def test_cli_end_to_end_on_digits(tmp_path, capsys):
     noisy = next(r for r in results["rows"] if r["forget"] == "noisy:0.2" and r["method"] == "original")
     assert "forget_true_acc" in noisy and "test_kept_acc" not in noisy
     assert "| method |" in (out / "report.md").read_text() and (out / "laf.png").stat().st_size > 10_000
+    page = (out / "report.html").read_text()  # the same report, the plot embedded
+    assert "<th>method</th>" in page and page.count('src="data:image/png;base64,') == 1
     assert (out / "manifest.json").is_file()
     # The models are cached: a second run trains nothing and refuses the existing --out.
     assert main(argv) == 2

@@ -1,4 +1,5 @@
-"""The demo's HTML report: the table, and the plots a reader looks at first.
+"""HTML reports: the demo's (the table, and the plots a reader looks at first) and, from their report.md, the
+vision commands'.
 
 One self-contained file (plots embedded as PNG data URIs, no scripts fetched from anywhere): the method table,
 the forget-versus-retain trade-off of every run with the oracle marked, per-task bars, the loss attack's ROC
@@ -10,11 +11,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from typing import Sequence
 
 from obliviate.report.table import table_cells
 
 PLOT_IDS = ("tradeoff", "tasks", "roc", "loss")
+# The load-time script of every page: for a headless check that every image decoded.
+_IMAGES_RENDERED = """<script>
+window.addEventListener("load", () => {
+  document.body.dataset.plotsRendered = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+});
+</script>"""
 
 
 def _figure_uri(fig) -> str:
@@ -175,11 +183,71 @@ knowledge (exact match): forget scores want to be low, retain scores high. MIA A
 final = mean(task agg, MIA score, utility). Values are means ± standard deviations over runs.</p>
 {'<ul>' + note_items + '</ul>' if note_items else ''}
 {''.join(figures)}
-<script>
-// For a headless check that every plot decoded: the number of images the browser rendered.
-window.addEventListener("load", () => {{
-  document.body.dataset.plotsRendered = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
-}});
-</script>
+{_IMAGES_RENDERED}
+</body></html>
+"""
+
+
+def markdown_report_html(markdown: str, directory, title: str = "obliviate report") -> str:
+    """A self-contained report.html from a report.md this project writes (the vision commands'): ``#`` headings,
+    pipe tables, paragraphs with `code` spans, and ``![alt](file.png)`` images, which are read from ``directory``
+    and embedded as data URIs. Only that subset: anything else is kept as escaped text."""
+    from pathlib import Path
+
+    def inline(text: str) -> str:
+        parts = text.split("`")
+        return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+    out: list[str] = []
+    table: list[list[str]] = []
+    paragraph: list[str] = []
+
+    def flush() -> None:
+        if paragraph:
+            out.append(f"<p>{inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in body)
+                       + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        stripped = line.strip()
+        image = re.fullmatch(r"!\[([^\]]*)\]\(([^)\s]+)\)", stripped)
+        if stripped.startswith("|"):
+            if paragraph:
+                flush()
+            cells = [cell.strip() for cell in stripped.strip("|").split("|")]
+            if not all(re.fullmatch(r":?-{3,}:?", cell) for cell in cells):  # skip the separator row
+                table.append(cells)
+            continue
+        flush()
+        if not stripped:
+            continue
+        heading = re.match(r"(#{1,3}) (.*)", stripped)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
+        elif image:
+            data = (Path(directory) / image.group(2)).read_bytes()
+            uri = "data:image/png;base64," + base64.b64encode(data).decode()
+            out.append(f'<img alt="{html.escape(image.group(1))}" src="{uri}">')
+        else:
+            paragraph.append(stripped)
+    flush()
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
+th, td {{ border: 1px solid #bbb; padding: 3px 6px; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #eee; }}
+</style></head>
+<body>
+{chr(10).join(out)}
+{_IMAGES_RENDERED}
 </body></html>
 """

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds
+from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds, write_report
 
 DEFAULT_METHODS = "adu,baseline,retrain"
 SECTIONS = ("clip", "adu")
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-dir", metavar="DIR", help="pretrained models are kept here (default "
                                                            "$OBLIVIATE_CACHE_DIR or ~/.cache/obliviate, under "
                                                            "vision/adu)")
-    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md and adu.png here")
+    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md, report.html and adu.png here")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
 
@@ -80,7 +80,7 @@ BY_METHOD = {"use_ddl", "use_generator"}
 
 
 def run(args) -> int:
-    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic, write_text_atomic
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.vision import adu as A
     from obliviate.vision.data import load_images
 
@@ -110,6 +110,6 @@ def run(args) -> int:
         with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:
             write_json_atomic(tmp / "results.json", results)
             A.plot(results["rows"], tmp / "adu.png")
-            write_text_atomic(tmp / "report.md", A.report_markdown(results, command))
-        print(f"wrote {args.out}/results.json, report.md, adu.png")
+            write_report(tmp, A.report_markdown(results, command))
+        print(f"wrote {args.out}/results.json, report.md, report.html, adu.png")
     return 0

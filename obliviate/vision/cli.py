@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_parser(commands) -> None:
     vision = commands.add_parser("vision", help="unlearning in vision models: LAF (classifiers), ADU (CLIP-style)",
@@ -120,3 +122,12 @@ def apply_overrides(configs: dict[str, object], overrides: list[str], *, may_be_
         if check is not None:
             check(configs[section], name, section)
     return configs
+
+
+def write_report(directory: Path, markdown: str) -> None:
+    """report.md and its self-contained report.html (the plots it names embedded) into ``directory``."""
+    from obliviate.io import write_text_atomic
+    from obliviate.report.html import markdown_report_html
+
+    write_text_atomic(directory / "report.md", markdown)
+    write_text_atomic(directory / "report.html", markdown_report_html(markdown, directory))

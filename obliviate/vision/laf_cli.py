@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds
+from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds, write_report
 
 DEFAULT_FORGETS = "class:3,random:0.1,noisy:0.2"
 SECTIONS = ("cnn", "train", "laf", "baselines")
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cache-dir", metavar="DIR", help="trained models are kept here (default "
                                                            "$OBLIVIATE_CACHE_DIR/vision/laf or "
                                                            "~/.cache/obliviate/vision/laf)")
-    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md and laf.png here")
+    parser.add_argument("--out", metavar="DIR", help="write results.json, report.md, report.html and laf.png here")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
 
@@ -66,7 +66,7 @@ def _check_laf(config, name: str, section: str) -> None:
 
 
 def run(args) -> int:
-    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic, write_text_atomic
+    from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
     from obliviate.vision import laf as L
     from obliviate.vision.data import load_images, parse_forget
     from obliviate.vision.laf_experiment import (ExperimentConfig, markdown_tables, plot, report_markdown,
@@ -96,6 +96,6 @@ def run(args) -> int:
             write_json_atomic(tmp / "results.json", {"config": results.config, "rows": results.rows,
                                                      "runs": results.runs, "seconds": results.seconds})
             plot(results.rows, results.runs, tmp / "laf.png")
-            write_text_atomic(tmp / "report.md", report_markdown(results, command))
-        print(f"wrote {args.out}/results.json, report.md, laf.png")
+            write_report(tmp, report_markdown(results, command))
+        print(f"wrote {args.out}/results.json, report.md, report.html, laf.png")
     return 0
