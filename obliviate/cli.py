@@ -911,7 +911,7 @@ def cmd_dp2(args) -> int:
         model_dir = Path(args.model) if args.model and args.model != BUNDLED else bundled_base_dir()
         check_model_dir(model_dir)
         if args.train:
-            probes = _load_disjoint(args.train, args, side="train")
+            probes = [p for probes in _load_disjoint(args.train, args, side="train").values() for p in probes]
         else:
             benchmark = benchmark_from(None)
             probes = benchmark.forget + benchmark.retain + benchmark.utility
@@ -928,7 +928,7 @@ def cmd_dp2(args) -> int:
         raise InputError("dp2 unlearn needs --retain: the documents to keep", field="retain")
     dp2.read_dp_record(Path(args.model))
     keep: dict[str, list] = {}
-    for name, probes in _load_disjoint(args.retain, args, side="retain", by_file=True).items():
+    for name, probes in _load_disjoint(args.retain, args, side="retain").items():
         label = Path(name).stem if Path(name).stem not in keep else f"{Path(name).stem}-{len(keep)}"
         keep[label] = probes
     recipe = _recipe("bundled", args)
@@ -938,9 +938,9 @@ def cmd_dp2(args) -> int:
     return 0
 
 
-def _load_disjoint(files, args, side: str, by_file: bool = False):
-    """Every probe of ``files`` (in ``args.format``, ``args.columns``; ``side`` picks a MUSE directory's or a
-    saved DatasetDict's part), as one list or by file; a probe id in two files is an error naming both."""
+def _load_disjoint(files, args, side: str) -> dict[str, list]:
+    """File -> its probes (in ``args.format``, ``args.columns``; ``side`` picks a MUSE directory's or a saved
+    DatasetDict's part); a probe id in two files is an error naming both."""
     from obliviate.data.formats import load_probe_file
     from obliviate.data.rows import parse_columns
 
@@ -958,7 +958,7 @@ def _load_disjoint(files, args, side: str, by_file: bool = False):
             seen[probe.id] = name
     if not any(loaded.values()):
         raise InputError("no probes in the given files", path=files[0])
-    return loaded if by_file else [probe for probes in loaded.values() for probe in probes]
+    return loaded
 
 
 def _log(message: str) -> None:

@@ -28,11 +28,14 @@ SINGLE = [sys.executable, "-m", "obliviate"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(prefix, args):
+def _environment() -> dict:
     # The repository on the path: `-m tests.cpu_fsdp` from wherever pytest was started.
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    done = subprocess.run(prefix + args, capture_output=True, text=True, env=env, timeout=900)
+    return {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def _run(prefix, args):
+    done = subprocess.run(prefix + args, capture_output=True, text=True, env=_environment(), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -246,9 +249,8 @@ def test_a_killed_fsdp_run_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
 
     _run([], command(tmp_path / "whole"))
     out = tmp_path / "killed"
-    env = {**os.environ, "OBLIVIATE_PROGRESS": "0", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command(out), env=_environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     checkpoints = Checkpointing(resume_dir(out), every=10)
     deadline = time.time() + 300
     while checkpoints.latest() is None and process.poll() is None and time.time() < deadline:
