@@ -57,8 +57,14 @@ def corpus_dir() -> Path:
     return Path(str(resources.files("obliviate.data") / "bundled" / "base-corpus"))
 
 
-def bundled_base_dir() -> Path:
-    return Path(str(resources.files("obliviate.data") / "bundled" / "base"))
+# Each bundled benchmark's base: pretrained on the bundled corpus less that benchmark's documents.
+BUNDLED_BASES = {"micro": "base", "standard": "standard-base"}
+
+
+def bundled_base_dir(benchmark: str = "micro") -> Path:
+    from obliviate.data.micro import check_bundled_name
+
+    return Path(str(resources.files("obliviate.data") / "bundled" / BUNDLED_BASES[check_bundled_name(benchmark)]))
 
 
 @dataclass(frozen=True)
@@ -83,9 +89,22 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusText]:
     return texts
 
 
-def corpus_document_ids(path: str | Path | None = None) -> frozenset[str]:
-    """Ids of every document the base was pretrained on: a benchmark sampled for it must avoid them."""
-    return frozenset(t.document_id for t in load_corpus(path))
+def base_corpus(benchmark: str = "micro") -> list[CorpusText]:
+    """What the bundled base of ``benchmark`` was pretrained on: the bundled corpus (which already leaves out the
+    micro benchmark's documents) less that benchmark's documents."""
+    from obliviate.data.micro import load_bundled
+
+    texts = load_corpus()
+    if benchmark == "micro":
+        return texts
+    used = load_bundled(benchmark).document_ids()
+    return [t for t in texts if t.document_id not in used]
+
+
+def corpus_document_ids(benchmark: str = "micro") -> frozenset[str]:
+    """Ids of every document the bundled base of ``benchmark`` was pretrained on: a benchmark sampled for it
+    must avoid them."""
+    return frozenset(t.document_id for t in base_corpus(benchmark))
 
 
 def make_corpus(lume_root: str | Path, exclude: set[str]) -> list[dict]:
