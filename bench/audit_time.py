@@ -27,8 +27,8 @@ def main() -> None:
     import torch
 
     from obliviate.audit.suites import SUITES, AuditSettings, run_audit
-    from obliviate.data.micro import load_bundled
-    from obliviate.models.micro import build_micro_models
+    from obliviate.data.benchmark import load_bundled
+    from obliviate.studies.targets import build_micro_models
 
     benchmark = load_bundled()
     micro = build_micro_models(benchmark, log=lambda message: None)

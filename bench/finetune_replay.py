@@ -18,11 +18,11 @@ import tempfile
 
 def main(specs: list[str]) -> None:
     from obliviate.audit.likelihood import document_losses
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
     from obliviate.models.base import bundled_base_dir
     from obliviate.models.loading import load_model
-    from obliviate.models.micro import FineTuneRecipe, build_micro_models
-    from obliviate.tune import split_benchmark
+    from obliviate.studies.targets import FineTuneRecipe, build_micro_models
+    from obliviate.studies.tune import split_benchmark
 
     benchmark = load_bundled()
     validation, _ = split_benchmark(benchmark)

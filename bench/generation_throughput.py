@@ -31,9 +31,9 @@ def main() -> None:
 
     import torch
 
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
     from obliviate.models.loading import load_model
-    from obliviate.models.micro import build_micro_models
+    from obliviate.studies.targets import build_micro_models
 
     benchmark = load_bundled()
     if args.model:

@@ -5,7 +5,7 @@ same ~9M-parameter Llama on the same 64 forget + 64 retain rows of the bundled m
 benchmark has fewer), batch 4, 16 steps, through ``unlearn`` and the real trainer, each run in a fresh
 subprocess.
 
-Memory (``obliviate.memory``, the same measure ``unlearn`` writes into ``run.json``): the peak during the run
+Memory (``obliviate.training.memory``, the same measure ``unlearn`` writes into ``run.json``): the peak during the run
 minus what was in use before the model loaded, read after the imports, so that library code is not counted as
 a method's. On CPU that is the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``; where the
 reset is refused, ``ru_maxrss``, as the table says); on CUDA ``torch.cuda.max_memory_allocated``. It covers the
@@ -50,7 +50,7 @@ VOCAB = 4096
 
 def bench_rows(count: int):
     """``count`` forget and ``count`` retain probes of the bundled benchmark, cycled if it has fewer."""
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
 
     benchmark = load_bundled()
     cycle = lambda rows: [rows[i % len(rows)] for i in range(count)]  # noqa: E731
@@ -62,7 +62,7 @@ def build_model_dir(directory: Path) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
     from obliviate.models.loading import save_model
     from obliviate.models.tokenizer import train_tokenizer
 
@@ -118,7 +118,7 @@ def parse_entry(entry: str) -> tuple[str, dict[str, str]]:
 
 
 def run_child(entry: str, model_dir: Path, rows: int, steps: int, batch_size: int, device: str) -> dict:
-    from obliviate.memory import open_window
+    from obliviate.training.memory import open_window
     from obliviate.models.loading import load_model
     from obliviate.training.unlearn import plan, unlearn
 

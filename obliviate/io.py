@@ -39,22 +39,27 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+# Called as ``hook(tmp, out)`` on a completed output's temporary sibling just before its rename: what a command
+# records about its result is written there (``obliviate.manifest`` registers its seal while a command records).
+BEFORE_RENAME: list = []
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``out``; rename it to ``out`` only if the block completes.
 
     A failure leaves neither a half-written ``out`` nor the temporary directory behind. When the command
-    declared ``out`` as its result (``obliviate.manifest.recording``), ``out/manifest.json`` is written last.
-    A full disk is reported as an ``InputError`` naming ``out`` (one line, exit status 2).
+    declared ``out`` as its result (``obliviate.manifest.recording``), ``out/manifest.json`` is written last
+    (:data:`BEFORE_RENAME`). A full disk is reported as an ``InputError`` naming ``out`` (one line, exit
+    status 2).
     """
-    from obliviate import manifest
-
     out = check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        manifest.seal(tmp, out)
+        for hook in BEFORE_RENAME:
+            hook(tmp, out)
         if out.exists():
             # Move the old directory aside first so that a crash never leaves no result at all.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -6,8 +6,8 @@ every file written under OUT but the manifest itself. ``obliviate verify OUT`` h
 says whether it is still what the manifest says (:func:`verify`).
 
 How a command gets one: the CLI declares, for the length of one command, which directory is its result and
-what its inputs are (:func:`recording`). ``obliviate.io.atomic_output_dir`` calls :func:`seal` on the temporary
-sibling just before the rename, so the manifest lands with the rest of the directory or not at all, and the
+what its inputs are (:func:`recording`). ``obliviate.io.atomic_output_dir`` calls :func:`seal` (registered
+while recording) on the temporary sibling just before the rename, so the manifest lands with the rest of the directory or not at all, and the
 library code that writes outputs (demo, dp2, restor, ...) needs no argument for it. A directory written in
 place (``tune``, resumable) is sealed once the command is done (:func:`write_manifest`).
 """
@@ -47,10 +47,14 @@ _current: _Recording | None = None
 def recording(out: str | Path, *, command: str, inputs: Mapping[str, str | Path], argv: list[str] | None = None
               ) -> Iterator[None]:
     """While active, an ``atomic_output_dir(out)`` (the same directory) gets a manifest before its rename."""
+    from obliviate.io import BEFORE_RENAME
+
     global _current
     previous = _current
     _current = _Recording(out=Path(out).resolve(), command=command, argv=list(argv or []),
                           inputs={role: Path(path) for role, path in inputs.items()})
+    if seal not in BEFORE_RENAME:
+        BEFORE_RENAME.append(seal)
     try:
         yield
     finally:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from obliviate.data.lume import load_probes, write_jsonl
-from obliviate.data.micro import bundled_dir
+from obliviate.data.benchmark import bundled_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = Path(__file__).parent / "data" / "lume-scorer-fixture"

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from obliviate.data.micro import load_bundled
+from obliviate.data.benchmark import load_bundled
 from obliviate.models.base import (BaseRecipe, CorpusText, bundled_base_dir, corpus_document_ids, load_corpus,
                                    pretrain_base, split_corpus)
 from tests.conftest import SHARED

@@ -54,7 +54,7 @@ def test_audit_time_cuts_every_set_by_documents():
     spec = importlib.util.spec_from_file_location("audit_time", PATH.parent / "audit_time.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
 
     benchmark = load_bundled()
     half, whole = module.audit_data(benchmark, 0.5), module.audit_data(benchmark, 1.0)

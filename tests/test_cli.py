@@ -224,6 +224,25 @@ def test_unlearn_gate_refuses_a_destroyed_model(tmp_path, tiny_model_dir, tiny_l
     assert f"the run {gate['verdict']}" in capsys.readouterr().err
 
 
+def test_unlearn_gate_without_a_retain_set_measures_generic_text(tmp_path, tiny_model_dir, tiny_lume_dir):
+    """Forgetting raises the forget documents' loss by design, so without a retain set the gate measures text
+    that is not being forgotten: bundled generic text, never a forget text, and run.json says which."""
+    from obliviate.data.lume import load_probes
+    from obliviate.training.gate import generic_texts
+
+    out = tmp_path / "run"
+    code = main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(tiny_lume_dir / "forget.jsonl"),
+                 "--method", "GradAscent", "max_steps=2", "batch_size=2", "--out", str(out)])
+    assert code == 0
+    gate = json.loads((out / "run.json").read_text())["gate"]
+    assert gate["on"].startswith("generic text") and gate["texts"] == 32 and gate["verdict"] == "passed"
+    # a text sharing a run of 8 words with a forget text is left out
+    forget = [p.training_text for p in load_probes(tiny_lume_dir / "forget.jsonl")]
+    article = generic_texts([])[0]
+    assert article not in generic_texts(forget + [article])
+    assert generic_texts(forget)[0] == article
+
+
 def test_unlearn_gate_verdicts_by_hand():
     from obliviate.training.gate import GateThresholds, verdict
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from obliviate.audit.curves import CurveSettings, document_order, probes_of
+from obliviate.studies.curves import CurveSettings, document_order, probes_of
 from obliviate.cli import main
 from obliviate.data.records import Probe
 from obliviate.errors import InputError

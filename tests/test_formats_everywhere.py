@@ -110,7 +110,7 @@ def test_dp2_compare_refuses_a_format(tmp_path, capsys):
 
 def test_restor_reads_its_data_directory_in_any_format(renamed_dir, tiny_lume_dir):
     """RESTOR's data loading (its run needs a model that knows the facts: tests/test_restor.py)."""
-    from obliviate.audit.restor import _load_data
+    from obliviate.studies.restor import _load_data
     from obliviate.data.rows import parse_columns
 
     renamed = _load_data(renamed_dir, "parquet", parse_columns("id=key,input=prompt,output=completion"))

@@ -32,3 +32,36 @@ def test_token_weighted_loss_weights_documents_by_their_predicted_tokens():
 
     # 3 and 1 predicted tokens: (3 x 1.0 + 1 x 5.0) / 4
     assert token_weighted_loss(Tokenizer(), ["a b c d", "a b"], [1.0, 5.0]) == 2.0
+
+
+def test_the_verdict_names_the_gate_that_fired():
+    collateral = {"utility": 0.6, "heldout_loss": 3.0}
+    apply_gate(collateral, 1.0, original_heldout_loss=3.0)
+    gate = collateral["collapse-gate"]
+    assert gate["collapsed"] and gate["collateral"] and not gate["broken"]
+    broken = {"utility": 0.9, "heldout_loss": 4.0}
+    apply_gate(broken, 1.0, original_heldout_loss=3.0)
+    assert broken["collapse-gate"]["broken"] and not broken["collapse-gate"]["collateral"]
+    both = {"utility": 0.1, "heldout_loss": 4.0}
+    apply_gate(both, 1.0, original_heldout_loss=3.0)
+    assert both["collapse-gate"]["broken"] and both["collapse-gate"]["collateral"]
+    assert len(both["collapse-gate"]["reasons"]) == 2
+
+
+def test_rows_count_each_verdict_over_runs_and_the_plot_labels_only_what_fired():
+    from obliviate.studies.demo import summarise
+    from obliviate.report.markdown import verdict_suffix
+    from obliviate.report.table import markdown_table
+
+    def run(collateral, broken):
+        return {"name": "M", "final_score": 0.5, "collapsed": collateral or broken, "collateral": collateral,
+                "broken": broken}
+
+    none = summarise("NPO", [run(False, False)] * 3)
+    assert none["collateral"] == "0/3" and none["broken"] == "0/3"
+    assert verdict_suffix(none) == ""  # "0/3" is a string, and no run collapsed: no label
+    some = summarise("BaseTeacher", [run(True, False), run(True, False), run(False, False)])
+    assert verdict_suffix(some) == " (collateral 2/3)"
+    assert verdict_suffix(summarise("X", [run(False, True)])) == " (broken)"
+    table = markdown_table([none, some], per_task=False)
+    assert "| collateral | broken |" in table and "| 2/3 | 0/3 |" in table

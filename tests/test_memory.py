@@ -1,6 +1,6 @@
-"""obliviate.memory: the peak memory of one stretch of work inside a longer process."""
+"""obliviate.training.memory: the peak memory of one stretch of work inside a longer process."""
 
-from obliviate.memory import open_window
+from obliviate.training.memory import open_window
 
 
 def test_window_sees_an_allocation_made_inside_it():

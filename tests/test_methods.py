@@ -170,7 +170,7 @@ def test_loss_on_auto_takes_answers_of_questions_and_whole_documents(tiny_tokeni
 
 
 def test_demo_method_entries_carry_options():
-    from obliviate.demo import method_entry
+    from obliviate.studies.demo import method_entry
 
     assert method_entry("GradDiff").training.prune == 0.0
     pruned = method_entry("GradDiff:prune=0.5:learning_rate=3e-4")

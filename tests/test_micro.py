@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from obliviate.data.micro import PROBE_SETS, SampleSizes, load_bundled, sample_micro_benchmark
+from obliviate.data.benchmark import PROBE_SETS, SampleSizes, load_bundled, sample_micro_benchmark
 from tests.conftest import SHARED
 
 LUME = SHARED / "data" / "lume"
@@ -52,7 +52,7 @@ def test_sampler_reports_a_directory_too_small(tmp_path, tiny_lume_dir):
 
 @pytest.mark.skipif(not LUME.is_dir(), reason="needs the public LUME data in ../shared")
 def test_sampling_for_the_bundled_base_avoids_its_pretraining_documents():
-    from obliviate.data.micro import benchmark_from
+    from obliviate.studies.targets import benchmark_from
     from obliviate.models.base import corpus_document_ids
 
     pretrained_on = corpus_document_ids()
@@ -66,7 +66,7 @@ def test_sampling_for_the_bundled_base_avoids_its_pretraining_documents():
 
 @pytest.fixture(scope="module")
 def micro_models(tmp_path_factory):
-    from obliviate.models.micro import build_micro_models
+    from obliviate.studies.targets import build_micro_models
 
     cache = tmp_path_factory.mktemp("micro-cache")
     return build_micro_models(load_bundled(), cache_dir=cache, log=lambda message: None), cache
@@ -113,7 +113,7 @@ def test_demo_end_to_end(micro_models, tmp_path, capsys):
     # BaseTeacher makes forget text cost what it costs a model that never saw it: the target's forget
     # documents sit near 0.3 nats per token, the oracle's near 4.
     assert rows[3]["mia_auc"] < 0.95 and rows[3]["task_aggregate"] > 0.5
-    assert "aim: oracle's loss-MIA AUC" in table
+    assert "benchmark check: oracle's loss-MIA AUC" in table
     assert (out / "report.md").is_file() and (out / "scores.png").is_file()
 
 
@@ -125,11 +125,11 @@ def test_rebuilt_oracle_matches_the_shipped_record(tmp_path):
     made on an AVX2 CPU; on an AVX-512/AMX Xeon the checks' losses landed 0.0015 nats away and a greedy
     generation or two flipped (a retain score 0.041 away), with the same passes and memorisation verdict. The
     tolerances cover that, not a changed recipe."""
-    from obliviate.models.micro import build_micro_models
+    from obliviate.studies.targets import build_micro_models
 
     rebuilt = build_micro_models(load_bundled(), cache_dir=tmp_path, log=lambda message: None,
                                  roles=("oracle",), prebuilt=False)
-    from obliviate.models.micro import prebuilt_dir
+    from obliviate.studies.targets import prebuilt_dir
 
     shipped = json.loads((prebuilt_dir() / rebuilt.paths["oracle"].name / "memorisation.json").read_text())
     ours = rebuilt.records["oracle"]

@@ -26,7 +26,7 @@ def _run(name, forget, retain, seed):
 
 
 def _inputs():
-    from obliviate.demo import summarise
+    from obliviate.studies.demo import summarise
 
     runs = {"target": [_run("target", 1.0, 1.0, 0)], "oracle": [_run("oracle", 0.1, 0.95, 0)],
             "NPO": [_run("NPO", 0.3 + 0.05 * s, 0.8, s) for s in range(3)]}

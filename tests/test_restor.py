@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from obliviate.audit.restor import (answer_kind, build_corruption, choose_facts, fractions, judge, replace_values,
+from obliviate.studies.restor import (answer_kind, build_corruption, choose_facts, fractions, judge, replace_values,
                                     styles)
 from obliviate.cli import main
 from obliviate.data.lume import write_jsonl
-from obliviate.data.micro import load_bundled
+from obliviate.data.benchmark import load_bundled
 from obliviate.data.records import ProbeKind
-from obliviate.tune import split_benchmark
+from obliviate.studies.tune import split_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def clean_tiny(tmp_path_factory, tiny_tokenizer, bundled_probes):
     """A tiny Llama trained until it answers every question of the tiny data: the clean model."""
     from obliviate.data.lume import load_probes
     from obliviate.models.loading import save_model
-    from obliviate.models.micro import MicroRecipe, train_memoriser
+    from obliviate.studies.targets import MicroRecipe, train_memoriser
     from tests.conftest import build_tiny_model
 
     root = tmp_path_factory.mktemp("restor")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from obliviate.cli import main
-from obliviate.memory import estimate_line, training_estimate
+from obliviate.training.memory import estimate_line, training_estimate
 from obliviate.training.unlearn import plan
 
 

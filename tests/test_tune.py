@@ -7,9 +7,9 @@ import json
 import pytest
 
 from obliviate.cli import main
-from obliviate.data.micro import load_bundled
+from obliviate.data.benchmark import load_bundled
 from obliviate.errors import InputError
-from obliviate.tune import (SearchSetup, append_trial, check_fingerprint, choose_best, default_space, parse_space,
+from obliviate.studies.tune import (SearchSetup, append_trial, check_fingerprint, choose_best, default_space, parse_space,
                             read_trials, run_search, split_benchmark, trial_options)
 
 SPACE = {"learning_rate": [1e-4, 2e-4, 4e-4], "max_steps": [40, 80], "retain_weight": [10.0, 20.0]}

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from obliviate.data.micro import load_bundled
+from obliviate.data.benchmark import load_bundled
 from obliviate.io import sha256_file
-from obliviate.models.micro import FineTuneRecipe, build_micro_models
+from obliviate.studies.targets import FineTuneRecipe, build_micro_models
 
 TINY = FineTuneRecipe(max_passes=2, first_check=2, check_every=1, check_max_new_tokens=8, tokens_per_batch=2048,
                       replay_ratio=0.5)
@@ -44,7 +44,7 @@ def test_target_and_oracle_are_fine_tuned_from_the_base(tiny_model_dir, tmp_path
 
 def test_replay_leaves_out_the_benchmark_documents(tiny_model_dir):
     from obliviate.models.base import load_corpus
-    from obliviate.models.micro import replay_texts
+    from obliviate.studies.targets import replay_texts
 
     benchmark = load_bundled()
     corpus = load_corpus()
@@ -77,7 +77,7 @@ def test_base_must_be_a_model_directory(tmp_path, capsys):
 
 
 def test_split_keeps_validation_and_test_apart():
-    from obliviate.tune import split_benchmark
+    from obliviate.studies.tune import split_benchmark
 
     benchmark = load_bundled()
     validation, test = split_benchmark(benchmark)
@@ -94,7 +94,7 @@ def test_split_keeps_validation_and_test_apart():
 def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsys):
     """Every model is evaluated on test-part documents only; each method row is a mean over its seeds."""
     from obliviate.cli import main
-    from obliviate.tune import split_benchmark
+    from obliviate.studies.tune import split_benchmark
 
     out = tmp_path / "demo"
     assert main(["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff",
@@ -107,7 +107,8 @@ def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsy
     # Two seeds on each of two independently fine-tuned targets.
     assert graddiff["runs"] == 4 and "final_score" in graddiff["std"] and " ± " in printed
     assert len(result["runs"]["GradDiff"]) == 4 and len(result["runs"]["target"]) == 2
-    assert "aim: base's loss" in printed and printed.count("aim: oracle's loss-MIA AUC") == 2
+    assert "benchmark check: base's loss" in printed
+    assert printed.count("benchmark check: oracle's loss-MIA AUC") == 2
     validation, test = split_benchmark(load_bundled())
     test_ids = {p.id for p in test.forget + test.retain + test.utility}
     validation_ids = {p.id for p in validation.forget + validation.retain + validation.utility}

@@ -57,6 +57,19 @@ def test_combined_logits_by_hand():
         [math.log(0.6) - 0.5, math.log(0.3) - 1.0, math.log(0.05) - 1.5, math.log(0.05) - 2.0], abs=1e-6)
 
 
+def test_generation_keeps_to_the_targets_plausible_tokens():
+    """The reference code's greedy loop takes the argmax inside the target's relative-top set: a token outside
+    it cannot win however much the assistant's subtraction lowers the plausible ones."""
+    target = _log(0.6, 0.3, 0.05, 0.05)
+    assistant = torch.tensor([[[40.0, 40.0, 0.0, 0.0]]])  # the assistant "knows" both plausible tokens
+    scoring = combine_logits(target, assistant, -0.5, 0.1)
+    assert scoring[0, 0].argmax().item() in (2, 3)  # scored as a distribution, the tail now dominates
+    generating = combine_logits(target, assistant, -0.5, 0.1, generating=True)
+    assert generating[0, 0, 2:].tolist() == [float("-inf")] * 2
+    assert generating[0, 0].argmax().item() in (0, 1)
+    assert generating[0, 0, :2].tolist() == pytest.approx(scoring[0, 0, :2].tolist())
+
+
 # The retain objective ------------------------------------------------------------------------------------------
 
 def test_uniform_kl_by_hand():

@@ -1,4 +1,4 @@
-"""Worst-case forget sets (obliviate/data/worst_case.py): the projection, the unrolled gradient, the selection
+"""Worst-case forget sets (obliviate/studies/worst_case.py): the projection, the unrolled gradient, the selection
 and ``obliviate forget-set`` end to end on tiny settings."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from obliviate.cli import main
 from obliviate.data.lume import load_probes
-from obliviate.data.worst_case import (SelectionSettings, UnrolledObjective, documents_of, project_capped_simplex,
+from obliviate.studies.worst_case import (SelectionSettings, UnrolledObjective, documents_of, project_capped_simplex,
                                        select_worst_case, top_m, unrolled_names)
 from obliviate.errors import InputError
 from obliviate.training.unlearn import plan

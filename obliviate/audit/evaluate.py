@@ -113,33 +113,42 @@ def token_weighted_loss(tokenizer, texts: Sequence[str], per_document: Sequence[
 
 def apply_gate(results: dict, original_utility: float, ratio: float = COLLAPSE_RATIO,
                original_heldout_loss: float | None = None, original_mmlu: float | None = None) -> bool:
-    """Mark ``results`` collapsed when utility fell below ``ratio`` x the original model's, or (when both have
-    a held-out loss) when held-out perplexity rose above 1 / ``ratio`` x the original's (the same 75% rule on
-    1 / perplexity: a rise of ln(4/3) = 0.288 nats per token); returns it."""
+    """Mark ``results`` collapsed (and return True) when either of two gates fires, each named in the verdict:
+
+    * ``collateral``: utility fell below ``ratio`` x the original model's. The utility set holds other documents
+      the original memorised and no method saw; losing them is collateral forgetting, which the model may
+      survive with its general ability intact.
+    * ``broken``: general ability fell: held-out perplexity rose above 1 / ``ratio`` x the original's (the same
+      75% rule on 1 / perplexity: a rise of ln(4/3) = 0.288 nats per token), or MMLU (beside a utility set, for
+      an original above chance) fell below ``ratio`` x the original's.
+
+    ``results["collapse-gate"]`` holds the thresholds, ``collateral``, ``broken``, ``collapsed`` (either) and
+    the reasons."""
     threshold = ratio * original_utility
-    reasons = []
+    collateral, broken = [], []
     if results.get("utility") is not None and results["utility"] < threshold:
-        reasons.append(f"utility {results['utility']:.3f} < {threshold:.3f}")
+        collateral.append(f"utility {results['utility']:.3f} < {threshold:.3f}")
     gate = {"original-utility": original_utility, "ratio": ratio, "threshold": threshold}
     if original_heldout_loss is not None and results.get("heldout_loss") is not None:
         limit = original_heldout_loss + math.log(1 / ratio)
         gate.update({"original-heldout-loss": original_heldout_loss, "heldout-loss-limit": limit})
-        if not results["heldout_loss"] <= limit:  # NaN counts as collapsed
-            reasons.append(f"held-out loss {results['heldout_loss']:.3f} > {limit:.3f}")
+        if not results["heldout_loss"] <= limit:  # NaN counts as broken
+            broken.append(f"held-out loss {results['heldout_loss']:.3f} > {limit:.3f}")
     # MMLU beside a utility set gates too, but only for an original that is above chance on it: a model at
     # chance has no MMLU ability to lose, and its accuracy moves by noise alone.
     if original_mmlu is not None and results.get("mmlu_average") is not None and "mmlu_details" in results:
         chance = results.get("mmlu_chance", 0.25)
         gate.update({"original-mmlu": original_mmlu, "mmlu-chance": chance})
         if original_mmlu > chance and results["mmlu_average"] < ratio * original_mmlu:
-            reasons.append(f"MMLU {results['mmlu_average']:.3f} < {ratio * original_mmlu:.3f}")
-    results["collapse-gate"] = {**gate, "collapsed": bool(reasons), "reasons": reasons}
-    return bool(reasons)
+            broken.append(f"MMLU {results['mmlu_average']:.3f} < {ratio * original_mmlu:.3f}")
+    results["collapse-gate"] = {**gate, "collapsed": bool(collateral or broken), "collateral": bool(collateral),
+                                "broken": bool(broken), "reasons": collateral + broken}
+    return bool(collateral or broken)
 
 
 def summary_row(name: str, results: dict, seconds: float | None = None, memory_bytes: int | None = None) -> dict:
     """The figures of one table line (used by the demo table and ``results.json``); ``memory_bytes``: the
-    peak memory an unlearning run added (``obliviate.memory``)."""
+    peak memory an unlearning run added (``obliviate.training.memory``)."""
     row = {"name": name}
     for split in ("forget", "retain"):
         for task, scores in results[f"{split}-set"].items():
@@ -155,6 +164,8 @@ def summary_row(name: str, results: dict, seconds: float | None = None, memory_b
         "mmlu": results.get("mmlu_average") if "mmlu_details" in results else None,
         "final_score": results.get("aggregate-score"),
         "collapsed": results.get("collapse-gate", {}).get("collapsed"),
+        "collateral": results.get("collapse-gate", {}).get("collateral"),
+        "broken": results.get("collapse-gate", {}).get("broken"),
         "wall_seconds": seconds,
         "peak_memory_mib": None if memory_bytes is None else memory_bytes / 2 ** 20,
     })

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from obliviate.data.lume import documents_from_probes
+from obliviate.audit.metric import metric
 from obliviate.data.records import Document, Probe, ProbeKind
 from obliviate.distributed import shard_map
 from obliviate.errors import InputError
@@ -28,10 +29,6 @@ SUITES = ("mia", "muse", "tofu", "distance", "memorisation", "attacks")
 # because it is the same score, against the original model instead of the oracle.
 MIA_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference", "gradnorm", "loss_drop_since_original")
 NEEDS = {"muse": ("oracle", "reference"), "tofu": ("oracle",), "distance": ("oracle",), "memorisation": ("oracle",)}
-
-
-def metric(value: float | None, better: str, ideal=None, *, convention: str, ideal_from: str | None = None) -> dict:
-    return {"value": value, "better": better, "ideal": ideal, "ideal_from": ideal_from, "convention": convention}
 
 
 @dataclass

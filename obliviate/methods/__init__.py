@@ -34,10 +34,16 @@ REGISTRY: dict[str, str] = {
     "AILSNTUA": "obliviate.methods.ails_ntua:AILSNTUA",
     "SHA256": "obliviate.methods.sha256:SHA256",
     "BaseTeacher": "obliviate.methods.base_teacher:BaseTeacher",
+    "AntiExpert": "obliviate.methods.anti_expert:AntiExpert",
     "WHP": "obliviate.methods.whp:WHP",
     "ULD": "obliviate.methods.uld:ULD",
     "ECO": "obliviate.methods.eco:ECO",
 }
+
+
+# What `obliviate unlearn` runs when no method is named: chosen on the standard benchmark's validation part
+# (docs/methods.md, "The default recipe").
+DEFAULT_METHOD = "AntiExpert"
 
 
 def method_names() -> list[str]:

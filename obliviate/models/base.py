@@ -62,7 +62,7 @@ BUNDLED_BASES = {"micro": "base", "standard": "standard-base"}
 
 
 def bundled_base_dir(benchmark: str = "micro") -> Path:
-    from obliviate.data.micro import check_bundled_name
+    from obliviate.data.benchmark import check_bundled_name
 
     return Path(str(resources.files("obliviate.data") / "bundled" / BUNDLED_BASES[check_bundled_name(benchmark)]))
 
@@ -92,7 +92,7 @@ def load_corpus(path: str | Path | None = None) -> list[CorpusText]:
 def base_corpus(benchmark: str = "micro") -> list[CorpusText]:
     """What the bundled base of ``benchmark`` was pretrained on: the bundled corpus (which already leaves out the
     micro benchmark's documents) less that benchmark's documents."""
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
 
     texts = load_corpus()
     if benchmark == "micro":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from obliviate.errors import InputError
-from obliviate.models.wrappers import check_wrapper_dir, is_wrapper_dir, is_wrapper_model, load_wrapper, save_wrapper
+from obliviate.models.wrappers import MARKER, is_wrapper_dir, is_wrapper_model, read_marker, wrapper_class
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -155,3 +155,56 @@ def save_model(model, tokenizer, directory: str | Path) -> None:
     with _loading_bar(sum(p.numel() * p.element_size() for p in model.parameters())):  # no bar for small models
         model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+
+
+# Wrapper directories (obliviate.models.wrappers: the format and the kinds) ------------------------------
+
+
+def check_wrapper_dir(path: str | Path) -> dict[str, Any]:
+    """Validate a wrapper directory (marker, every part, the top-level tokenizer) before any weights are read."""
+    path = Path(path)
+    record = read_marker(path)
+    for part in record["parts"]:
+        if check_model_dir(path / part) is not None:
+            raise InputError(f"wrapper part {part!r} must be a Hugging Face checkpoint, not GGUF", path=path / part)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)", path=path)
+    return record
+
+
+def save_wrapper(model, tokenizer, directory: str | Path) -> None:
+    """Write ``model``'s parts, the tokenizer and the marker (last: a directory without it is no wrapper)."""
+    from obliviate.io import write_json_atomic
+    from obliviate.models.wrappers import FORMAT_VERSION
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = model.wrapper_parts()
+    for name, part in parts.items():
+        save_model(part, tokenizer, directory / name)
+    tokenizer.save_pretrained(directory)
+    if hasattr(model, "save_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
+        model.save_wrapper_files(directory)
+    write_json_atomic(directory / MARKER, {"obliviate_wrapper": FORMAT_VERSION, "kind": model.wrapper_kind,
+                                           "parts": list(parts), "options": model.wrapper_options()})
+
+
+def load_wrapper(path: str | Path, *, dtype: str = "float32", device: str | None = None):
+    """A ``LoadedModel`` holding the wrapper rebuilt from its parts (each loaded like any checkpoint)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    record = check_wrapper_dir(path)
+    cls = wrapper_class(record["kind"], path / MARKER)
+    parts = {name: load_model(path / name, dtype=dtype, device=device).model for name in record["parts"]}
+    try:
+        model = cls.from_parts(parts, record.get("options", {}))
+    except InputError as error:  # a bad option: say which file it came from
+        raise InputError(error.message, path=path / MARKER, field=error.field) from None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if hasattr(model, "load_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
+        model.load_wrapper_files(path, tokenizer)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path)

@@ -1,6 +1,8 @@
 """Wrapper models: an unlearning result that is not one set of weights but models combined at inference (ULD: the
 target and an assistant whose logits are subtracted). A wrapper is saved as a directory that ``load_model`` reads
-like any checkpoint, so ``evaluate``, ``audit``, the attacks and the demo score it as they score a fine-tuned model.
+like any checkpoint, so ``evaluate``, ``audit``, the attacks and the demo score it as they score a fine-tuned
+model. ``obliviate.models.loading`` saves, checks and loads wrapper directories; this module holds the format and
+the registry of kinds.
 
 Directory layout::
 
@@ -38,6 +40,7 @@ FORMAT_VERSION = 1
 KINDS: dict[str, str] = {
     "ULD": "obliviate.methods.uld.model:ULDModel",
     "ECO": "obliviate.methods.eco.model:ECOModel",
+    "AntiExpert": "obliviate.methods.anti_expert.model:AntiExpertModel",
 }
 
 
@@ -78,60 +81,6 @@ def read_marker(path: str | Path) -> dict[str, Any]:
     if not isinstance(record.get("options", {}), dict):
         raise InputError("expected a mapping of options", path=marker, field="options")
     return record
-
-
-def check_wrapper_dir(path: str | Path) -> dict[str, Any]:
-    """Validate a wrapper directory (marker, every part, the top-level tokenizer) before any weights are read."""
-    from obliviate.models.loading import TOKENIZER_FILES, check_model_dir
-
-    path = Path(path)
-    record = read_marker(path)
-    for part in record["parts"]:
-        if check_model_dir(path / part) is not None:
-            raise InputError(f"wrapper part {part!r} must be a Hugging Face checkpoint, not GGUF", path=path / part)
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError("no tokenizer (tokenizer.json, tokenizer.model or vocab.json)", path=path)
-    return record
-
-
-def save_wrapper(model, tokenizer, directory: str | Path) -> None:
-    """Write ``model``'s parts, the tokenizer and the marker (last: a directory without it is no wrapper)."""
-    from obliviate.io import write_json_atomic
-    from obliviate.models.loading import save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = model.wrapper_parts()
-    for name, part in parts.items():
-        save_model(part, tokenizer, directory / name)
-    tokenizer.save_pretrained(directory)
-    if hasattr(model, "save_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
-        model.save_wrapper_files(directory)
-    write_json_atomic(directory / MARKER, {"obliviate_wrapper": FORMAT_VERSION, "kind": model.wrapper_kind,
-                                           "parts": list(parts), "options": model.wrapper_options()})
-
-
-def load_wrapper(path: str | Path, *, dtype: str = "float32", device: str | None = None):
-    """A ``LoadedModel`` holding the wrapper rebuilt from its parts (each loaded like any checkpoint)."""
-    from transformers import AutoTokenizer
-
-    from obliviate.models.loading import LoadedModel, load_model
-
-    path = Path(path)
-    record = check_wrapper_dir(path)
-    cls = wrapper_class(record["kind"], path / MARKER)
-    parts = {name: load_model(path / name, dtype=dtype, device=device).model for name in record["parts"]}
-    try:
-        model = cls.from_parts(parts, record.get("options", {}))
-    except InputError as error:  # a bad option: say which file it came from
-        raise InputError(error.message, path=path / MARKER, field=error.field) from None
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if hasattr(model, "load_wrapper_files"):  # files of its own beside the parts (ECO: the prompt classifier)
-        model.load_wrapper_files(path, tokenizer)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path)
 
 
 def new_cache(model):

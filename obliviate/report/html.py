@@ -2,7 +2,7 @@
 vision commands'.
 
 One self-contained file (plots embedded as PNG data URIs, no scripts fetched from anywhere): the method table,
-the forget-versus-retain trade-off of every run with the oracle marked, per-task bars, the loss attack's ROC
+forgetting and membership against utility for every run with the oracle marked, per-task bars, the loss attack's ROC
 curves, and the training loss of each method. ``report.md`` carries the same table for diffs and terminals.
 """
 
@@ -51,29 +51,33 @@ def _mean_of(row: dict, split: str) -> float | None:
 
 
 def tradeoff_plot(runs: dict[str, list[dict]]) -> str:
-    """Each run's mean forget score (x, lower is better) against its mean retain score (y, higher is better);
-    the oracle as a star: the point to reach."""
+    """One point per run, the oracle as a star (the point to reach), in two panels that share the y axis, utility
+    (the other documents the target memorised and no method saw: where unlearning does its collateral damage):
+    left, forgetting (mean of the 6 forget terms, lower is better); right, membership (the loss attack's AUC,
+    0.5 is an attacker who learns nothing). The retain terms are not shown: every method trains on the retain
+    set, so they sit near 1 for all and tell the methods apart by nothing."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.4, 4.6), sharey=True)
     for name, entries in runs.items():
-        points = [(_mean_of(e, "forget"), _mean_of(e, "retain")) for e in entries]
-        points = [(x, y) for x, y in points if x is not None and y is not None]
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        if name == "oracle":
-            ax.scatter(xs, ys, marker="*", s=260, color="gold", edgecolor="black", zorder=3, label="oracle")
-        elif name == "target":
-            ax.scatter(xs, ys, marker="X", s=110, color="black", zorder=3, label="target")
-        else:
-            ax.scatter(xs, ys, s=45, alpha=0.8, label=name)
-    ax.set_xlabel("forget score, mean of the 6 forget terms (lower is better)")
-    ax.set_ylabel("retain score, mean of the 6 retain terms (higher is better)")
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Forgetting against keeping, one point per run")
+        style = ({"marker": "*", "s": 260, "color": "gold", "edgecolor": "black", "zorder": 3} if name == "oracle"
+                 else {"marker": "X", "s": 110, "color": "black", "zorder": 3} if name == "target"
+                 else {"s": 45, "alpha": 0.8})
+        for ax, x_of in ((left, lambda e: _mean_of(e, "forget")), (right, lambda e: e.get("mia_auc"))):
+            points = [(x_of(e), e.get("utility")) for e in entries]
+            points = [(x, y) for x, y in points if x is not None and y is not None]
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, label=name, **style)
+    left.set_xlabel("forget score, mean of the 6 forget terms (lower is better)")
+    left.set_ylabel("utility: other memorised documents (higher is better)")
+    right.set_xlabel("loss-attack AUC on forget vs unseen documents (ideal 0.5)")
+    right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    for ax in (left, right):
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="lower left")
+    fig.suptitle("What each run forgot, against what it kept")
     return _figure_uri(fig)
 
 

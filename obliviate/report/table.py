@@ -7,7 +7,7 @@ from typing import Sequence
 SPLIT_SHORT = {"forget": "F", "retain": "R"}
 KIND_SHORT = {"regurgitation": "reg", "knowledge": "kno"}
 SUMMARY_COLUMNS = (("task_aggregate", "task agg"), ("mia_auc", "MIA AUC"), ("mia_score", "MIA score"),
-                   ("utility", "utility"), ("heldout_loss", "held-out loss"), ("mmlu", "MMLU"), ("final_score", "final"), ("collapsed", "collapsed"),
+                   ("utility", "utility"), ("heldout_loss", "held-out loss"), ("mmlu", "MMLU"), ("final_score", "final"), ("collateral", "collateral"), ("broken", "broken"),
                    ("wall_seconds", "time (s)"), ("peak_memory_mib", "memory (MiB)"))
 
 
@@ -18,6 +18,13 @@ OPTIONAL = ("heldout_loss", "mmlu")  # shown only when some row has them
 def _short(key: str) -> str:
     split, task, kind = key.split("/")
     return f"{SPLIT_SHORT.get(split, split)}{task.replace('Task', 'T')} {KIND_SHORT.get(kind, kind)}"
+
+
+def count_of(value) -> int:
+    """How many runs a verdict cell counts: True/False for one run, "k/n" for several."""
+    if isinstance(value, str) and "/" in value:
+        return int(value.split("/")[0])
+    return int(bool(value))
 
 
 def _cell(value) -> str:
@@ -60,8 +67,9 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]] | No
                    per_task: bool = True) -> str:
     """Columns: the 12 per-task scores (F = forget, R = retain; reg = regurgitation, kno = knowledge), then the
     summary figures. Time is training (target, oracle) or unlearning (methods) wall time; memory is the peak
-    memory an unlearning run added (``obliviate.memory``; blank for target and oracle). A row with several
-    runs (seeds) shows their mean ± standard deviation; ``collapsed`` then counts the collapsed runs."""
+    memory an unlearning run added (``obliviate.training.memory``; blank for target and oracle). A row with several
+    runs (seeds) shows their mean ± standard deviation; ``collateral`` and ``broken`` (the two collapse gates,
+    ``obliviate.audit.evaluate.apply_gate``) then count the runs where each fired."""
     headers, body = table_cells(rows, columns, per_task)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]

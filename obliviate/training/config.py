@@ -52,6 +52,16 @@ class TrainingConfig:
     mask: Literal["none", "wagle", "random", "magnitude"] = "none"
     mask_ratio: float = 0.8  # fraction of the trainable weights the mask lets move
     mask_mu: float = 1e-6  # WAGLE's diagonal Hessian approximation mu * I of the retain loss
+    # Calibrated forgetting (obliviate/training/calibration.py): a forget document leaves training once its loss
+    # reaches what a model that never saw it would have (the base's loss on it, plus the drift measured on
+    # calibration documents), plus calibration_margin nats; checked every calibration_every steps (0: once per
+    # pass over the forget rows).
+    calibrate: bool = False
+    calibration_margin: float = 0.0
+    calibration_every: int = 0
+    # The dial between the original and the unlearned model: the weights returned are
+    # original + interpolate * (unlearned - original); 1 keeps the unlearned model, 0 the original.
+    interpolate: float = 1.0
 
     def __post_init__(self):
         require_positive(self, "learning_rate", "max_steps", "batch_size", "gradient_accumulation_steps",
@@ -71,6 +81,7 @@ class TrainingConfig:
             raise InputError(f"must be in (0, 1] (the fraction of weights updated), got {self.mask_ratio!r}",
                              field="mask_ratio")
         require_positive(self, "mask_mu")
+        require_non_negative(self, "calibration_every", "interpolate")
         if self.lora:
             # LoRA trains adapters on frozen base weights, and their merged update B A is dense.
             why = {"prune": "the merged adapter update is dense and would refill the pruned weights",

@@ -36,23 +36,28 @@ class PairedDataset:
     """Item i pairs forget example ``i % F`` with retain example ``i % R``; its length covers both sets.
 
     ``refusal`` (optional) holds one example per forget example, the same probe answered with a refusal; it
-    travels with its forget example.
+    travels with its forget example. ``active`` (optional) narrows the forget examples drawn to those indices,
+    in order (calibrated forgetting takes out the documents that reached their reference); item i then pairs
+    ``active[i % len(active)]`` with retain example ``i % R``.
     """
 
     def __init__(self, forget: list[dict], retain: list[dict] | None, refusal: list[dict] | None = None):
         self.forget = forget
         self.retain = retain or []
         self.refusal = refusal or []
+        self.active: list[int] | None = None
 
     def __len__(self) -> int:
         return max(len(self.forget), len(self.retain))
 
     def __getitem__(self, index: int) -> dict:
-        item = {"forget": self.forget[index % len(self.forget)]}
+        pool = self.active if self.active else range(len(self.forget))  # none left: the run is stopping
+        forget_index = pool[index % len(pool)]
+        item = {"forget": self.forget[forget_index]}
         if self.retain:
             item["retain"] = self.retain[index % len(self.retain)]
         if self.refusal:
-            item["refusal"] = self.refusal[index % len(self.forget)]
+            item["refusal"] = self.refusal[forget_index]
         return item
 
 

@@ -1,9 +1,9 @@
 """``unlearn``'s own gate: a cheap check before and after unlearning, so that a destroyed model is never handed
 back as a success.
 
-On the retain documents (the forget documents when there is no retain set) it measures, for the original and
-the unlearned model, the mean token NLL and the mean entropy of the next-token distribution, and checks every
-weight is finite. Verdicts:
+On the retain documents (without a retain set: generic text, :func:`generic_texts`; never the forget documents,
+whose loss is meant to rise) it measures, for the original and the unlearned model, the mean token NLL and the
+mean entropy of the next-token distribution, and checks every weight is finite. Verdicts:
 
 * ``diverged``: a non-finite loss, entropy or weight;
 * ``collapsed``: the retain loss rose by more than ``max_retain_loss_rise`` nats per token, or the output
@@ -19,6 +19,38 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
+
+
+GENERIC_COUNT = 32  # generic texts measured when there is no retain set
+NGRAM = 8  # words: a generic text sharing a run of this many words with a forget text is not used
+
+
+def _ngrams(text: str, n: int = NGRAM) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def generic_texts(forget_texts: Sequence[str], count: int = GENERIC_COUNT) -> list[str]:
+    """Text the gate can measure when the user gave no retain set: the Simple English Wikipedia articles of the
+    bundled corpus (public LUME data, shipped with obliviate), first ``count`` in corpus order, leaving out any
+    that shares a run of 8 words with a forget text (the forget set may itself be such an article)."""
+    from obliviate.models.base import load_corpus
+
+    forbidden = set().union(*(_ngrams(text) for text in forget_texts)) if forget_texts else set()
+    chosen = []
+    for text in load_corpus():
+        if text.task == "wikipedia" and not (_ngrams(text.text) & forbidden):
+            chosen.append(text.text)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def gate_texts(retain_texts: Sequence[str], forget_texts: Sequence[str], limit: int = 64) -> tuple[list[str], str]:
+    """What the gate measures and its name in run.json: the retain rows, or generic text without them."""
+    if retain_texts:
+        return list(retain_texts)[:limit], "retain"
+    return generic_texts(forget_texts), "generic text (Simple English Wikipedia articles of the bundled corpus)"
 
 
 @dataclass

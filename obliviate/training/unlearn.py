@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from obliviate.batching import pad_id_of
 from obliviate.config import build, split_values
-from obliviate.data.records import Probe
+from obliviate.data.records import Document, Probe
 from obliviate.errors import InputError
 from obliviate.methods import canonical_name, get_method
 from obliviate.training.config import TrainingConfig
@@ -39,6 +39,12 @@ def plan(method: str, values: dict[str, Any] | None = None, source: str = "comma
     routed = split_values(values or {}, {"method": method_cls.Config, "training": TrainingConfig}, source)
     method_config = _build(method_cls.Config, routed["method"], source)
     training = _build(TrainingConfig, {**method_cls.training_defaults, **routed["training"]}, source)
+    if training.interpolate != 1 and getattr(method_cls, "wrapper_result", False):
+        raise InputError(f"interpolate mixes weights; {name}'s result is a wrapper model around the untouched "
+                         "original, with a dial of its own", path=source, field="interpolate")
+    if training.calibrate and hasattr(method_cls, "run") and not getattr(method_cls, "calibrates", False):
+        raise InputError(f"{name} trains in several runs or edits weights by arithmetic; calibrate=true applies to "
+                         "methods with one training loss", path=source, field="calibrate")
     if training.prune > 0 or training.l1_weight > 0 or training.mask != "none":
         from obliviate.training.sparsity import check_composes
 
@@ -69,19 +75,23 @@ class UnlearnResult:
 
 def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], run_plan: Plan, *,
             reference_loader: Callable[[], Any] | None = None, base_loader: Callable[[], Any] | None = None,
-            progress: bool = True, checkpointing=None) -> UnlearnResult:
+            progress: bool = True, checkpointing=None, calibration: Sequence[Document] = ()) -> UnlearnResult:
     """Train ``model`` in place with the planned method and return it with a record of the run (its peak
-    memory included: see ``obliviate.memory``). ``reference_loader`` loads a fresh copy of the original model,
+    memory included: see ``obliviate.training.memory``). ``reference_loader`` loads a fresh copy of the original model,
     ``base_loader`` the pretrained model it was fine-tuned from (for methods with ``needs_base``).
     ``checkpointing`` (:mod:`obliviate.training.resume`): save Trainer checkpoints there and continue from the
-    newest; procedures (several trainings, e.g. task arithmetic) run from the start each time."""
+    newest; procedures (several trainings, e.g. task arithmetic) run from the start each time. ``calibration``:
+    documents the model never saw, for calibrated forgetting (``calibrate=true``)."""
     from obliviate.distributed import device
-    from obliviate.memory import open_window
+    from obliviate.training.memory import open_window
 
     method = get_method(run_plan.method_name)(run_plan.method_config)
     memory = open_window(device())  # where the trainer will put the model, wherever it is now
     started = time.time()
     gathered: dict = {}
+    original = None
+    if run_plan.training.interpolate != 1:
+        original = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     if hasattr(method, "run"):
         settings = run_plan.training
         if settings.prune > 0:
@@ -92,7 +102,9 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             prune_by_magnitude(model, settings.prune)
         # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
         # its result in `model`; its record reports the total optimizer steps as "steps".
-        record = method.run(model, tokenizer, forget, retain, settings, reference_loader, progress)
+        extra = {"base_loader": base_loader, "calibration": calibration} if getattr(method, "needs_base", False) \
+            else {}
+        record = method.run(model, tokenizer, forget, retain, settings, reference_loader, progress, **extra)
         if isinstance(record, tuple):
             # A procedure whose result is a new model object returns it with its record: ULD's wrapper, the
             # untouched target combined with a trained assistant (obliviate.models.wrappers).
@@ -107,7 +119,13 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
     else:
         record = train_with(method, model, tokenizer, forget, retain, run_plan.training,
                             reference_loader=reference_loader, base_loader=base_loader, progress=progress,
-                            checkpointing=checkpointing, full_state=gathered)
+                            checkpointing=checkpointing, full_state=gathered, calibration=calibration)
+    if original is not None:
+        if gathered:
+            raise InputError("interpolate mixes weights in one process; under FSDP or ZeRO-3 they are sharded",
+                             field="interpolate")
+        interpolate_weights(model, original, run_plan.training.interpolate)
+        record["interpolate"] = run_plan.training.interpolate
     record = {"method": run_plan.method_name, "options": run_plan.options(), "seed": run_plan.training.seed,
               **record, "wall_seconds": time.time() - started, **memory.record()}
     return UnlearnResult(model=model, record=record, state_dict=gathered or None)
@@ -116,7 +134,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
 def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe],
                settings: TrainingConfig, *, reference_loader: Callable[[], Any] | None = None,
                base_loader: Callable[[], Any] | None = None, progress: bool = True, checkpointing=None,
-               full_state: dict | None = None) -> dict:
+               full_state: dict | None = None, calibration: Sequence[Document] = (), callbacks: Sequence = ()) -> dict:
     """Train ``model`` in place with any object that has a method's interface (``needs_retain``,
     ``needs_reference``, ``loss``); returns steps and the loss history. Under a sharding engine (FSDP, ZeRO-3)
     ``model`` ends up holding only this process's shard; every process then takes part in gathering the full
@@ -166,10 +184,22 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             raise InputError(f"{name} needs the pretrained model the original was fine-tuned from (--base DIR)",
                              field="base")
         base_model = base_loader()
-        if base_model.get_output_embeddings().weight.shape[0] != model.get_output_embeddings().weight.shape[0]:
-            raise InputError(f"{name}: the base's vocabulary ({base_model.get_output_embeddings().weight.shape[0]}) "
-                             f"differs from the model's ({model.get_output_embeddings().weight.shape[0]})",
-                             field="base")
+        check_same_vocabulary(name, base_model, model)
+    references = None
+    if settings.calibrate:
+        if hasattr(method, "training_dataset"):
+            raise InputError(f"{name} draws forget rows on its own schedule; calibrate=true needs the plain one",
+                             field="calibrate")
+        from obliviate.training.calibration import build_references
+
+        reference_base = base_model
+        if reference_base is None and base_loader is not None:  # the base only for the references, then freed
+            reference_base = base_loader()
+            check_same_vocabulary(name, reference_base, model)
+        references = build_references(tokenizer, forget, calibration, reference_base,
+                                      margin=settings.calibration_margin)
+        if reference_base is not base_model:
+            del reference_base
     # After the reference log-probs (they must come from the untouched model): freeze what is not selected, or
     # attach LoRA adapters; with adapters the reference model is the same model with them disabled.
     scope = apply_scope(model, settings, getattr(method, "default_train_layers", None))
@@ -226,6 +256,18 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             base_model=base_model, l1_weight=settings.l1_weight,
         )
         _quiet_log_printing(trainer)
+        for callback in callbacks:
+            trainer.add_callback(callback)
+        stop = None
+        if references is not None:
+            import math
+
+            from obliviate.training.calibration import DocumentStop
+
+            rows_per_step = settings.batch_size * settings.gradient_accumulation_steps * args.world_size
+            every = settings.calibration_every or max(1, math.ceil(len(forget_examples) / rows_per_step))
+            stop = DocumentStop(references, tokenizer, dataset, [p.document_id for p in forget], every)
+            trainer.add_callback(stop)
         if held is not None:
             if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
                 raise InputError("prune and mask hold weights by name and element, which FSDP and DeepSpeed "
@@ -234,10 +276,23 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
             trainer.add_callback(held)
         try:
             latest = checkpointing.latest() if checkpointing is not None else None
+            if stop is not None:
+                saved = {}
+                if latest is not None:
+                    import json
+
+                    saved = json.loads((latest / "trainer_state.json").read_text()).get("stateful_callbacks", {})
+                if "DocumentStop" in saved:
+                    stop.restore(saved["DocumentStop"].get("attributes", {}))
+                else:
+                    stop.measure(scope.model, 0)  # documents already at their reference are never trained
             from obliviate.models.loading import quiet_small_saves
 
-            with quiet_small_saves(model):
-                output = trainer.train(resume_from_checkpoint=str(latest) if latest is not None else None)
+            if stop is not None and not dataset.active:
+                output = None  # nothing left to forget: no step is taken
+            else:
+                with quiet_small_saves(model):
+                    output = trainer.train(resume_from_checkpoint=str(latest) if latest is not None else None)
         finally:
             if held is not None:
                 held.remove()
@@ -257,7 +312,7 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         selection["sparsity_reached"] = zero_fraction(model)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     record = {
-        "steps": int(output.global_step),
+        "steps": int(output.global_step) if output is not None else 0,
         "final_loss": history[-1]["loss"] if history else None,
         "log_history": history,
         "world_size": args.world_size,
@@ -267,8 +322,28 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         "scope": scope.record,
         "weight_selection": selection,
     }
+    if stop is not None:
+        record["calibration"] = stop.record()
     del reference_model, base_model, trainer
     return record
+
+
+def interpolate_weights(model, original: dict, scale: float) -> None:
+    """``original + scale * (current - original)``, tensor by tensor, in place (floating-point tensors only)."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in original and tensor.is_floating_point():
+                start = original[name].to(tensor.device, tensor.dtype)
+                tensor.copy_(start + scale * (tensor - start))
+
+
+def check_same_vocabulary(name: str, base_model, model) -> None:
+    base_size = base_model.get_output_embeddings().weight.shape[0]
+    size = model.get_output_embeddings().weight.shape[0]
+    if base_size != size:
+        raise InputError(f"{name}: the base's vocabulary ({base_size}) differs from the model's ({size})", field="base")
 
 
 def _gather_weights(trainer, model) -> dict:

@@ -481,7 +481,7 @@ def run_experiment(forget_settings: Sequence[Sequence[str]], methods: Sequence[s
     draws the prompts' initialisation and batch order (and, for ``retrain``, the retrained model's own
     initialisation: ``clip_config.seed + seed``). Every accuracy is on the test split.
     """
-    from obliviate.models.micro import default_cache_dir
+    from obliviate.studies.targets import default_cache_dir
     from obliviate.vision.domains import load_domain_digits
 
     start = time.perf_counter()

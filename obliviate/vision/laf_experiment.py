@@ -51,7 +51,7 @@ class Results:
 
 
 def run_experiment(config: ExperimentConfig, log=print) -> Results:
-    from obliviate.models.micro import default_cache_dir
+    from obliviate.studies.targets import default_cache_dir
     from obliviate.vision import laf as L
 
     cnn = config.cnn or L.CNNConfig()

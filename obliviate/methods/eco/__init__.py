@@ -146,6 +146,7 @@ class ECO:
     needs_retain = True  # the classifier's negatives
     needs_reference = None
     training_defaults: dict = {}
+    wrapper_result = True  # its result is a wrapper model (obliviate.models.wrappers), not new weights
     training_runs = 0  # no optimizer step: the record's "steps" is 0 (the search's evaluations are in "eco")
 
     def __init__(self, config: ECOConfig):

@@ -38,7 +38,7 @@ def mean_score(model, tokenizer, probes: Sequence[Probe], *, new_tokens: int, ba
 def eco_block(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], utility: Sequence[Probe], *,
               new_tokens: int | dict[ProbeKind, int], batch_size: int) -> dict:
     """``{"flagged_fraction": {...}, "wrongly_flagged_retain": {...}}`` in the audit's metric format."""
-    from obliviate.audit.suites import metric
+    from obliviate.audit.metric import metric
     from obliviate.methods.eco.model import forcing
 
     tokens = new_tokens if isinstance(new_tokens, dict) else {kind: new_tokens for kind in ProbeKind}

@@ -35,16 +35,6 @@ from obliviate.losses import mean_nll, uniform_kl
 from obliviate.methods._shared import logits_of, require_non_negative
 
 
-def check_combination(assistant_weight, relative_top) -> None:
-    """The inference options, checked wherever they come from (the method's options, a wrapper's marker)."""
-    if not isinstance(assistant_weight, (int, float)) or isinstance(assistant_weight, bool) or assistant_weight >= 0:
-        raise InputError(f"must be a number < 0 (the assistant's logits are subtracted), got {assistant_weight!r}",
-                         field="assistant_weight")
-    if not isinstance(relative_top, (int, float)) or isinstance(relative_top, bool) or not 0 <= relative_top < 1:
-        raise InputError(f"must be in [0, 1) (0 applies the assistant to every token), got {relative_top!r}",
-                         field="relative_top")
-
-
 def default_assistant_layers(target_layers: int) -> int:
     """A quarter of the target's layers, rounded, at least one: the paper's 8 of Llama-2-7B's 32."""
     return max(1, (target_layers + 2) // 4)
@@ -65,6 +55,8 @@ class ULDConfig:
         if self.assistant_layers is not None and self.assistant_layers < 1:
             raise InputError(f"must be >= 1, got {self.assistant_layers!r}", field="assistant_layers")
         require_non_negative(self, "retain_weight")
+        from obliviate.methods.uld.model import check_combination
+
         check_combination(self.assistant_weight, self.relative_top)
 
 
@@ -122,6 +114,7 @@ class ULD:
     # head, learning rate 1e-3. Steps: not tuned here (the paper trains for epochs of TOFU).
     training_defaults = {"learning_rate": 1e-3, "max_steps": 100, "lora": True, "lora_rank": 16,
                          "lora_alpha": 32.0, "lora_dropout": 0.05}
+    wrapper_result = True  # its result is a wrapper model (obliviate.models.wrappers), not new weights
     training_runs = 1  # train_with calls, each of max_steps steps
 
     def __init__(self, config: ULDConfig):

@@ -7,10 +7,15 @@ them)::
     l = l_t + assistant_weight * l_a          (assistant_weight < 0: the assistant's knowledge is subtracted)
 
 restricted by the relative-top filter: where the target's own log-probability of a token is below
-``max log p_t + log(relative_top)`` the assistant's logit is zeroed, so that token keeps its target logit. The
-paper's code also always leaves the ``floor(relative_top * vocab)`` most likely tokens (at least one here) to the
-combination. Subtracting the assistant's logits from tokens the target already finds unlikely would only reshuffle
-the tail: the filter confines the change to the target's plausible continuations.
+``max log p_t + log(relative_top)`` the token is outside the target's plausible set. The paper's code also always
+leaves the ``floor(relative_top * vocab)`` most likely tokens (at least one here) in the set. Its two paths treat
+the tokens outside differently, and so does this wrapper:
+
+* scoring (``forward``: losses, the membership tests, TOFU's truth ratio): the assistant's logit is zeroed there,
+  so such a token keeps its target logit (the reference code's ``ContrastLLM.forward``);
+* generating (``generate``): the combined logit is set to -inf there, so only the target's plausible tokens can
+  be chosen (the reference code's greedy loop masks them to -1e3 and takes the argmax inside the set). Without
+  it, subtracting the assistant on forget text can lift a token the target itself found implausible.
 """
 
 from __future__ import annotations
@@ -22,8 +27,18 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 
+from obliviate.errors import InputError
 from obliviate.losses import mean_nll
-from obliviate.methods.uld import check_combination
+
+
+def check_combination(assistant_weight, relative_top) -> None:
+    """The inference options, checked wherever they come from (the method's options, a wrapper's marker)."""
+    if not isinstance(assistant_weight, (int, float)) or isinstance(assistant_weight, bool) or assistant_weight >= 0:
+        raise InputError(f"must be a number < 0 (the assistant's logits are subtracted), got {assistant_weight!r}",
+                         field="assistant_weight")
+    if not isinstance(relative_top, (int, float)) or isinstance(relative_top, bool) or not 0 <= relative_top < 1:
+        raise InputError(f"must be in [0, 1) (0 applies the assistant to every token), got {relative_top!r}",
+                         field="relative_top")
 
 
 def relative_top_filtered(target_logits: torch.Tensor, relative_top: float) -> torch.Tensor:
@@ -42,11 +57,12 @@ def relative_top_filtered(target_logits: torch.Tensor, relative_top: float) -> t
 
 
 def combine_logits(target_logits: torch.Tensor, assistant_logits: torch.Tensor, assistant_weight: float,
-                   relative_top: float) -> torch.Tensor:
-    """``l_t + assistant_weight * l_a``, with ``l_a`` zeroed outside the target's relative-top set (float32)."""
-    assistant_logits = assistant_logits.float().masked_fill(
-        relative_top_filtered(target_logits, relative_top), 0.0)
-    return target_logits.float() + assistant_weight * assistant_logits
+                   relative_top: float, generating: bool = False) -> torch.Tensor:
+    """``l_t + assistant_weight * l_a`` (float32), with ``l_a`` zeroed outside the target's relative-top set; when
+    ``generating``, the combined logits outside it are -inf instead (see the module docstring)."""
+    outside = relative_top_filtered(target_logits, relative_top)
+    combined = target_logits.float() + assistant_weight * assistant_logits.float().masked_fill(outside, 0.0)
+    return combined.masked_fill(outside, float("-inf")) if generating else combined
 
 
 class PairedCache(DynamicCache):
@@ -95,6 +111,7 @@ class ULDModel(PreTrainedModel, GenerationMixin):
         self.assistant_weight = float(assistant_weight)
         self.relative_top = float(relative_top)
         self.generation_config = copy.deepcopy(target.generation_config)
+        self.generating = False  # set while generate() runs: outside the plausible set is then -inf
 
     # -- the wrapper interface ---------------------------------------------------------------------------------
     def wrapper_parts(self) -> dict:
@@ -133,7 +150,7 @@ class ULDModel(PreTrainedModel, GenerationMixin):
         target_output = self.target(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         assistant_output = self.assistant(input_ids=input_ids, attention_mask=attention_mask, **assistant_kwargs)
         logits = combine_logits(target_output.logits, assistant_output.logits, self.assistant_weight,
-                                self.relative_top)
+                                self.relative_top, generating=self.generating)
         loss = mean_nll(logits, labels) if labels is not None else None
         rest = {key: value for key, value in target_output.items() if key not in ("loss", "logits")}
         return type(target_output)(loss=loss, logits=logits, **rest)  # the cache, under this version's name
@@ -145,7 +162,11 @@ class ULDModel(PreTrainedModel, GenerationMixin):
         config = kwargs.get("generation_config") or self.generation_config
         if kwargs.get(name) is None and kwargs.get("use_cache", config.use_cache) is not False:
             kwargs[name] = self.make_cache()  # transformers' default cache would hold the target's layers only
-        return super().generate(*args, **kwargs)
+        self.generating = True
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self.generating = False
 
     def save_pretrained(self, *args, **kwargs):
         raise TypeError("a ULD wrapper is saved with obliviate.models.loading.save_model (a wrapper directory)")

@@ -659,8 +659,8 @@ class ForgetSetRequest:
 def bundled_pool() -> list[Probe]:
     """The micro benchmark's test part, forget and retain documents: all memorised by its target, none of them
     used to choose the methods' defaults (that was the validation part)."""
-    from obliviate.data.micro import load_bundled
-    from obliviate.tune import split_benchmark
+    from obliviate.data.benchmark import load_bundled
+    from obliviate.studies.tune import split_benchmark
 
     _, test = split_benchmark(load_bundled())
     return test.forget + test.retain
@@ -668,7 +668,7 @@ def bundled_pool() -> list[Probe]:
 
 def reference_forget_documents() -> int:
     """Forget documents of the bundled benchmark: the methods' default ``max_steps`` count steps for these."""
-    from obliviate.data.micro import load_bundled
+    from obliviate.data.benchmark import load_bundled
 
     return len(documents_of(load_bundled().forget))
 
@@ -678,7 +678,7 @@ def comparison_plan(run_plan, size: int, steps_given: bool):
     documents (as the demo scales them to its test part), unless the user set ``max_steps``."""
     if steps_given:
         return run_plan
-    from obliviate.tune import scaled_steps
+    from obliviate.studies.tune import scaled_steps
 
     return scaled_steps(run_plan, size / reference_forget_documents())
 
@@ -727,8 +727,8 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
         loaded = load_model(model_dir)
         model, tokenizer = loaded.model, loaded.tokenizer
     else:
-        from obliviate.data.micro import load_bundled
-        from obliviate.models.micro import build_micro_models
+        from obliviate.data.benchmark import load_bundled
+        from obliviate.studies.targets import build_micro_models
 
         micro = build_micro_models(load_bundled(), roles=("target",), log=log)
         model_dir, model, tokenizer = micro.paths["target"], micro.target, micro.tokenizer

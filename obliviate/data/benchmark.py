@@ -232,20 +232,3 @@ def load_bundled(name: str = "micro") -> Benchmark:
     benchmark.sizes, benchmark.validation_fraction = BUNDLED[name]
     benchmark.kind = name
     return benchmark
-
-
-def benchmark_from(data: str | Path | None, base: str | Path | None = None, name: str = "micro",
-                   sizes: SampleSizes | None = None) -> Benchmark:
-    """The bundled benchmark ``name``, or one sampled the same way from a LUME directory (``sizes``, default
-    that benchmark's); with the bundled base (``base="bundled"``) the sample avoids every document that
-    benchmark's base was pretrained on."""
-    if data is None:
-        return load_bundled(name)
-    exclude = frozenset()
-    if base is not None and str(base) == "bundled":
-        from obliviate.models.base import corpus_document_ids
-
-        exclude = corpus_document_ids(name)
-    benchmark = sample_micro_benchmark(data, sizes or BUNDLED[check_bundled_name(name)][0], exclude=exclude)
-    benchmark.validation_fraction, benchmark.kind = BUNDLED[name][1], name
-    return benchmark

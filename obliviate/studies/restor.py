@@ -25,7 +25,7 @@ On obliviate's micro benchmark:
   differs from the clean one;
 * **corrupted model**: the clean model fine-tuned on the corruption documents mixed with correct context (the
   part's retain documents and their questions, which the clean model already knew), with the fine-tuning loop
-  the benchmark's target was built with (:func:`obliviate.models.micro.train_memoriser`), the rest of the
+  the benchmark's target was built with (:func:`obliviate.studies.targets.train_memoriser`), the rest of the
   benchmark's documents replayed under KL to the clean model (as the target's recipe replays pretraining text
   under KL to the base), until it reproduces the corruption documents and their swapped answers and still
   knows the context (or a pass cap);
@@ -438,7 +438,7 @@ def corruption_recipe(settings: RestorSettings):
     to the clean model (one replayed text per corruption or context row and pass), a check every few passes
     from the fifth, and a stop when the corruption rows are reproduced (swapped answers exactly) and the
     context still known."""
-    from obliviate.models.micro import FineTuneRecipe
+    from obliviate.studies.targets import FineTuneRecipe
 
     passes = settings.corruption_passes
     return FineTuneRecipe(learning_rate=settings.corruption_learning_rate, warmup_steps=5, decay_passes=passes,
@@ -519,7 +519,8 @@ def tables(rows: Sequence[dict]) -> tuple[str, str]:
 def _load_data(data: str | Path | None, format: str = "auto", columns: dict | None = None):
     """The benchmark: the bundled one, or the forget/retain (and utility, if there) sets of a directory in any
     format :func:`obliviate.data.formats.load_probe_dir` reads."""
-    from obliviate.data.micro import Benchmark, benchmark_from
+    from obliviate.data.benchmark import Benchmark
+    from obliviate.studies.targets import benchmark_from
 
     if data is None:
         return benchmark_from(None)
@@ -544,12 +545,12 @@ def run_restor(settings: RestorSettings, *, out: str | Path, overwrite: bool = F
     (:mod:`obliviate.data.formats`)."""
     import tempfile
 
-    from obliviate.demo import _needs_base, method_entry
+    from obliviate.studies.demo import _needs_base, method_entry
     from obliviate.io import check_output_dir
     from obliviate.models.loading import check_model_dir, load_model, save_model
-    from obliviate.models.micro import resolve_base, train_memoriser
+    from obliviate.studies.targets import resolve_base, train_memoriser
     from obliviate.training.unlearn import unlearn
-    from obliviate.tune import scaled_steps, split_benchmark
+    from obliviate.studies.tune import scaled_steps, split_benchmark
 
     started = time.time()
     check_output_dir(out, overwrite)
@@ -577,7 +578,7 @@ def run_restor(settings: RestorSettings, *, out: str | Path, overwrite: bool = F
         f"skipped), {len(corruption.rows)} corruption rows, {len(context)} context rows")
 
     if model is None:
-        from obliviate.models.micro import build_micro_models
+        from obliviate.studies.targets import build_micro_models
 
         micro = build_micro_models(benchmark, cache_dir=cache_dir, log=log, roles=("target",))
         clean_path, base_dir = micro.paths["target"], base_dir or micro.base

@@ -36,7 +36,7 @@ def dp_model(model_dir: Path, probes: Sequence[Probe], config: DPConfig, out: Pa
     """Stage one: DP-fine-tune the model in ``model_dir`` on ``probes``' documents; write ``out/model`` and
     ``out/dp2.json``. Returns the record."""
     from obliviate.models.loading import load_model, save_model
-    from obliviate.models.micro import base_fingerprint
+    from obliviate.studies.targets import base_fingerprint
     from obliviate.training.dp import check_config, document_examples, train_dp
 
     check_output_dir(out, overwrite)
@@ -73,7 +73,7 @@ def retrain(start_dir: Path, tokenizer, keep: dict[str, Sequence[Probe]], recipe
     (the oracle's recipe and stopping rule), replaying ``replay`` with a KL term to the frozen model in
     ``teacher_dir`` when given. Returns (model, record)."""
     from obliviate.models.loading import load_model
-    from obliviate.models.micro import train_memoriser
+    from obliviate.studies.targets import train_memoriser
 
     start = load_model(start_dir, device="cpu").model
     teacher = None
@@ -91,7 +91,7 @@ def unlearn(dp_dir: Path, keep: dict[str, Sequence[Probe]], out: Path, *, recipe
     (e.g. retain and utility sets), each checked for memorisation. Returns the record."""
     from obliviate.models.base import bundled_base_dir
     from obliviate.models.loading import load_model, save_model
-    from obliviate.models.micro import FineTuneRecipe, base_fingerprint
+    from obliviate.studies.targets import FineTuneRecipe, base_fingerprint
     from obliviate.models.base import load_corpus
 
     check_output_dir(out, overwrite)
@@ -146,16 +146,16 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
     from the target (its defaults, ``seeds``). Every model is scored on the test part, gated against the
     target's utility. Returns the table's rows."""
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
-    from obliviate.data.micro import benchmark_from
-    from obliviate.demo import method_entry, summarise
+    from obliviate.studies.targets import benchmark_from
+    from obliviate.studies.demo import method_entry, summarise
     from obliviate.models.base import bundled_base_dir
     from obliviate.models.loading import load_model
-    from obliviate.models.micro import (FineTuneRecipe, base_fingerprint, build_micro_models, default_cache_dir,
+    from obliviate.studies.targets import (FineTuneRecipe, base_fingerprint, build_micro_models, default_cache_dir,
                                         replay_texts)
     from obliviate.report.table import markdown_table
     from obliviate.training.dp import check_config, document_examples
     from obliviate.training.unlearn import unlearn as unlearn_with
-    from obliviate.tune import scaled_steps, split_benchmark
+    from obliviate.studies.tune import scaled_steps, split_benchmark
 
     if request.out is not None:
         check_output_dir(request.out, request.overwrite)

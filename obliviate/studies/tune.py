@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from obliviate.config import coerce, suggest
-from obliviate.data.micro import Benchmark
+from obliviate.data.benchmark import Benchmark
 from obliviate.errors import InputError
 from obliviate.io import sha256_json, write_json_atomic
 
@@ -76,8 +76,15 @@ def _split_ids(items: Sequence, key: Callable, task: Callable, fraction: float, 
     return chosen
 
 
-def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) -> tuple[Benchmark, Benchmark]:
-    """``(validation, test)``: every set divided by document, per task (see the module docstring)."""
+def split_benchmark(benchmark: Benchmark, fraction: float | None = None) -> tuple[Benchmark, Benchmark]:
+    """``(validation, test)``: every set divided by document, per task (see the module docstring). ``fraction``:
+    the share held out for validation (default: the benchmark's own, else 0.4)."""
+    if fraction is None:
+        fraction = benchmark.validation_fraction or DEFAULT_FRACTION
+    if fraction == 0:  # nothing is chosen on this data: every document is reported
+        empty = Benchmark(forget=[], retain=[], utility=[], members=[], nonmembers=[],
+                          source=f"{benchmark.source} (no validation part)", kind=benchmark.kind)
+        return empty, dataclasses.replace(benchmark, source=f"{benchmark.source} (all of it)")
     if not 0 < fraction < 1:
         raise InputError(f"must be between 0 and 1, got {fraction}", field="validation-fraction")
     parts: dict[str, tuple[list, list]] = {}
@@ -90,6 +97,9 @@ def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) ->
                   [d for d in benchmark.nonmembers if d.id not in held])
     held = _split_ids(benchmark.heldout, lambda d: d.id, lambda d: d.task, fraction, "heldout")
     heldout = ([d for d in benchmark.heldout if d.id in held], [d for d in benchmark.heldout if d.id not in held])
+    held = _split_ids(benchmark.calibration, lambda d: d.id, lambda d: d.task, fraction, "calibration")
+    calibration = ([d for d in benchmark.calibration if d.id in held],
+                   [d for d in benchmark.calibration if d.id not in held])
     if not parts["forget"][0]:
         raise InputError("too few forget documents to hold out a validation part (a task needs 2 or more)",
                          field="forget")
@@ -104,7 +114,7 @@ def split_benchmark(benchmark: Benchmark, fraction: float = DEFAULT_FRACTION) ->
     validation, test = (
         Benchmark(forget=parts["forget"][i], retain=parts["retain"][i], utility=parts["utility"][i],
                   members=member_part(parts["forget"][i]), nonmembers=nonmembers[i], heldout=heldout[i],
-                  source=f"{benchmark.source} ({label} part)")
+                  calibration=calibration[i], source=f"{benchmark.source} ({label} part)", kind=benchmark.kind)
         for i, label in ((0, "validation"), (1, "test")))
     return validation, test
 
@@ -423,6 +433,15 @@ def scores_of(results: dict) -> dict:
             "mia_score": results.get("mia_final_score"), "utility": results.get("utility"), "final_score": final}
 
 
+def defaults_steps_scale(forget_rows: int) -> float:
+    """The factor that gives each of ``forget_rows`` forget rows as many passes as the methods' tuned defaults
+    give each row of the set they were tuned on (the micro benchmark's whole forget set): their ``max_steps``
+    count steps on that set."""
+    from obliviate.data.benchmark import load_bundled
+
+    return forget_rows / len(load_bundled("micro").forget)
+
+
 def scaled_steps(run_plan, steps_scale: float):
     """``run_plan`` with ``max_steps`` multiplied by ``steps_scale`` (at least 1 step)."""
     training = dataclasses.replace(run_plan.training,
@@ -451,7 +470,8 @@ def model_trial_runner(target_path: Path, tokenizer, validation: Benchmark, targ
         model = load_model(target_path).model
         result = unlearn(model, tokenizer, validation.forget, validation.retain, run_plan,
                          reference_loader=lambda: load_model(target_path).model,
-                         base_loader=(lambda: load_model(base_path).model) if base_path else None, progress=False)
+                         base_loader=(lambda: load_model(base_path).model) if base_path else None, progress=False,
+                         calibration=validation.calibration)
         results = evaluate(result.model, tokenizer, data, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            desc=f"{run_plan.method_name} trial")
         collapsed = apply_gate(results, target_utility, original_heldout_loss=target_heldout_loss) \
@@ -517,12 +537,14 @@ class TuneRequest:
     retain: str | None = None
     utility: str | None = None
     mia: str | None = None
-    validation_fraction: float = DEFAULT_FRACTION
+    validation_fraction: float | None = None  # default: the benchmark's own (0.4 for a user's data)
     max_new_tokens: int = 256
     batch_size: int = 16
     cache_dir: str | None = None
     overwrite: bool = False
     base: str | None = "bundled"  # the pretrained base of the micro target (and BaseTeacher's teacher)
+    benchmark: str = "standard"  # the bundled sample, or the kind --data is sampled like
+    sizes: Any = None  # SampleSizes for --data (default: the benchmark's)
     format: str = "auto"  # of --forget/--retain/--utility (obliviate.data.formats)
     columns: dict | None = None
 
@@ -565,7 +587,7 @@ def check_request(request: TuneRequest) -> dict[str, list]:
 def _user_benchmark(request: TuneRequest) -> Benchmark:
     from obliviate.data.formats import load_forget, load_forget_retain, load_probe_file
     from obliviate.data.lume import documents_from_probes, load_documents
-    from obliviate.data.micro import bundled_dir
+    from obliviate.data.benchmark import bundled_dir
     from obliviate.methods import get_method
 
     for name in ("forget", "retain", "utility"):
@@ -592,7 +614,7 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
     import shlex
     import sys
 
-    from obliviate.models.micro import resolve_base
+    from obliviate.studies.targets import resolve_base
 
     space = check_request(request)
     out = Path(request.out)
@@ -605,16 +627,16 @@ def tune(request: TuneRequest, log: Callable[[str], None] = print) -> SearchResu
         target_path, tokenizer = Path(request.model).resolve(), load_model(request.model).tokenizer
         base_path = resolve_base(request.base) if request.base != "bundled" else None
     else:
-        from obliviate.data.micro import benchmark_from
-        from obliviate.models.micro import build_micro_models
+        from obliviate.studies.targets import benchmark_from
+        from obliviate.studies.targets import build_micro_models
 
-        benchmark = benchmark_from(request.data, base=request.base)
+        benchmark = benchmark_from(request.data, base=request.base, name=request.benchmark, sizes=request.sizes)
         micro = build_micro_models(benchmark, cache_dir=request.cache_dir, log=log, base=request.base)
         target_path, tokenizer, base_path = Path(micro.paths["target"]), micro.tokenizer, micro.base
     validation, test = split_benchmark(benchmark, request.validation_fraction)
-    # The tuned defaults count steps on the whole forget set; the grid counts them on the test part, so the
-    # defaults' point is rescaled to give each document as many passes.
-    steps_factor = len(test.forget) / len(benchmark.forget)
+    # The tuned defaults count steps on the set they were tuned on; the grid counts them on the test part, so
+    # the defaults' point is rescaled to give each document as many passes.
+    steps_factor = defaults_steps_scale(len(test.forget))
     space = parse_space(request.method, request.space, base=default_space(request.method, steps_factor))
     log(f"validation part: {len(validation.forget)} forget, {len(validation.retain)} retain, "
         f"{len(validation.utility)} utility probes, {len(validation.nonmembers)} MIA non-members; the test part "

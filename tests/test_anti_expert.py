@@ -1,0 +1,115 @@
+"""AntiExpert: the offset by hand, the wrapper's round trip, the anti-expert's stop and the calibrated weight."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from obliviate.errors import InputError
+from obliviate.methods.anti_expert.model import AntiExpertModel, combine_logits
+from obliviate.models.loading import load_model, save_model
+from obliviate.models.wrappers import MARKER
+from obliviate.training.unlearn import plan, unlearn
+from tests.conftest import build_tiny_model
+
+
+def _log(*probabilities):
+    return torch.log(torch.tensor([[list(probabilities)]]))
+
+
+def test_offset_by_hand():
+    # p ∝ p_t * (p_base / p_expert) ** w: with w = 1 the expert's extra mass on token 0 is taken out.
+    target = _log(0.7, 0.2, 0.1)
+    base = _log(0.2, 0.4, 0.4)
+    expert = _log(0.8, 0.1, 0.1)
+    combined = combine_logits(target, base, expert, 1.0)
+    expected = [math.log(0.7) + math.log(0.2 / 0.8), math.log(0.2) + math.log(0.4 / 0.1),
+                math.log(0.1) + math.log(0.4 / 0.1)]
+    assert combined[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+    probabilities = F.softmax(combined[0, 0], dim=-1)
+    unnormalised = torch.tensor([0.7 * 0.25, 0.2 * 4, 0.1 * 4])
+    assert probabilities.tolist() == pytest.approx((unnormalised / unnormalised.sum()).tolist(), abs=1e-6)
+    # where base and expert agree the target is untouched (up to normalisation)
+    same = combine_logits(target, base, base, 2.5)
+    assert F.softmax(same, -1)[0, 0].tolist() == pytest.approx(F.softmax(target, -1)[0, 0].tolist(), abs=1e-6)
+    # w = 0 is the target
+    assert torch.allclose(combine_logits(target, base, expert, 0.0), target)
+
+
+def test_generation_keeps_to_the_targets_plausible_tokens():
+    target = _log(0.6, 0.3, 0.05, 0.05)
+    base, expert = _log(0.25, 0.25, 0.25, 0.25), _log(0.97, 0.01, 0.01, 0.01)
+    restricted = combine_logits(target, base, expert, 1.0, relative_top=0.1)
+    assert restricted[0, 0, 2:].tolist() == [float("-inf")] * 2
+    assert restricted[0, 0].argmax().item() == 1
+
+
+def test_options_checked():
+    with pytest.raises(InputError, match="expert_weight"):
+        plan("AntiExpert", {"expert_weight": "-1"})
+    with pytest.raises(InputError, match="relative_top"):
+        plan("AntiExpert", {"relative_top": "1.5"})
+    with pytest.raises(InputError, match="interpolate mixes weights"):
+        plan("AntiExpert", {"interpolate": "0.5"})
+
+
+def _run(tiny_tokenizer, bundled_probes, **options):
+    base = build_tiny_model(tiny_tokenizer, seed=1)
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def base_loader():
+        model = build_tiny_model(tiny_tokenizer, seed=1)
+        model.load_state_dict(base_state)
+        return model
+
+    target = build_tiny_model(tiny_tokenizer)
+    before = {n: p.detach().clone() for n, p in target.named_parameters()}
+    values = {"max_steps": "6", "batch_size": "2", "learning_rate": "1e-2", **options}
+    result = unlearn(target, tiny_tokenizer, bundled_probes["forget"][:6], bundled_probes["retain"][:6],
+                     plan("AntiExpert", values), base_loader=base_loader, progress=False)
+    return result, target, before, base_state
+
+
+def test_unlearn_returns_a_wrapper_around_the_untouched_target(tiny_tokenizer, bundled_probes, tmp_path):
+    result, target, before, base_state = _run(tiny_tokenizer, bundled_probes, calibrate="false", expert_weight="0.7")
+    wrapper = result.model
+    assert isinstance(wrapper, AntiExpertModel) and wrapper.target is target
+    assert all(torch.equal(before[n], p) for n, p in target.named_parameters())
+    assert all(torch.equal(base_state[n], p) for n, p in wrapper.base.state_dict().items())
+    assert any(not torch.equal(base_state[n], p) for n, p in wrapper.expert.state_dict().items())
+    assert wrapper.expert_weight == 0.7 and result.record["anti_expert"]["expert_weight"] == 0.7
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        expected = combine_logits(target(input_ids=ids).logits, wrapper.base(input_ids=ids).logits,
+                                  wrapper.expert(input_ids=ids).logits, 0.7)
+        assert torch.equal(wrapper(input_ids=ids).logits, expected)
+    save_model(wrapper, tiny_tokenizer, tmp_path / "anti")
+    marker = json.loads((tmp_path / "anti" / MARKER).read_text())
+    assert marker["kind"] == "AntiExpert" and marker["parts"] == ["target", "base", "expert"]
+    loaded = load_model(tmp_path / "anti", device="cpu").model
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+    # generation runs through the three caches
+    out = loaded.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 7)
+
+
+def test_anti_expert_stops_once_it_knows_the_forget_set_as_well_as_the_target(tiny_tokenizer, bundled_probes):
+    # The target is as untrained as the anti-expert's start: its loss is matched at the first check.
+    result, *_ = _run(tiny_tokenizer, bundled_probes, calibrate="false", max_steps="50")
+    details = result.record["anti_expert"]
+    assert details["expert_reached_at_step"] is not None
+    assert result.record["steps"] == details["expert_reached_at_step"] < 50
+    assert details["expert_checks"][-1]["loss"] <= details["target_forget_loss"]
+
+
+def test_calibrated_weight_puts_the_forget_documents_at_their_reference(tiny_tokenizer, bundled_probes):
+    result, *_ = _run(tiny_tokenizer, bundled_probes, max_steps="30")
+    calibration = result.record["anti_expert"]["calibration"]
+    assert 0 <= calibration["expert_weight"] <= 4.0
+    assert result.model.expert_weight == calibration["expert_weight"]
+    search = calibration["search"]
+    if search[0]["gap"] >= 0:  # reachable: bisection ends at the reference (or after its iterations)
+        assert abs(calibration["mean_loss"] - calibration["mean_reference"]) <= 0.01 or len(search) == 13

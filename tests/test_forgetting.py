@@ -1,0 +1,125 @@
+"""Every registered method forgets: on a tiny model that memorised a few documents, the method with its own
+options (its training scaled down to the tiny model: fewer steps, a rate a 64-wide model moves at) lowers the
+forget rows' likelihood by a margin and keeps the retain rows' within a bound. And the check has teeth: the same
+methods with the sign of their forget term flipped fail it."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from obliviate.methods import get_method, method_names
+from obliviate.training.unlearn import plan, unlearn
+from tests.conftest import build_tiny_model
+
+FORGET_RISE = 0.5  # nats per token the forget rows' mean loss must rise at least
+RETAIN_BOUND = 1.0  # nats per token the retain rows' mean loss may rise at most...
+RETAIN_SHARE = 0.5  # ...and at most this share of the forget rows' rise
+
+# The scaled-down training: steps and rate for a 64-wide, 2-layer model on 16 rows. Methods whose defaults
+# already move a model that size keep them; the rest get the rate a model this small needs.
+STEPS = 25
+LEARNING_RATE = 3e-3
+OVERRIDES = {
+    "TaskVector": {"learning_rate": "1e-2"},  # the task vector is learnt by descent on forget rows
+    "LoRANegation": {"learning_rate": "3e-2"},
+    "ULD": {"learning_rate": "3e-2"},
+    "AILSNTUA": {"learning_rate": "3e-2"},
+    "RMU": {},  # its own 1e-2 on the MLP down-projection
+}
+
+
+def _rows(probes, documents: int):
+    kept = []
+    for probe in probes:
+        if probe.document_id not in kept and len(kept) < documents:
+            kept.append(probe.document_id)
+    return [p for p in probes if p.document_id in kept]
+
+
+@pytest.fixture(scope="session")
+def memorised(tiny_tokenizer, bundled_probes):
+    """(target state, base state, forget rows, retain rows): a 64-wide Llama trained from ``base`` until it
+    knows two forget and two retain documents (all their rows)."""
+    from obliviate.batching import pad_id_of
+    from obliviate.training.data import encode_probes, pad
+
+    forget, retain = _rows(bundled_probes["forget"], 2), _rows(bundled_probes["retain"], 2)
+    model = build_tiny_model(tiny_tokenizer, hidden=64)
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = pad(encode_probes(tiny_tokenizer, forget + retain, 256, "all"), pad_id_of(tiny_tokenizer))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(150):
+        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return {k: v.clone() for k, v in model.state_dict().items()}, base_state, forget, retain
+
+
+def _model(tiny_tokenizer, state):
+    model = build_tiny_model(tiny_tokenizer, hidden=64)
+    model.load_state_dict(state)
+    return model
+
+
+def mean_loss(model, tokenizer, probes) -> float:
+    """Mean NLL per labelled token of the rows as methods train on them (``loss_on=auto``)."""
+    from obliviate.batching import pad_id_of
+    from obliviate.losses import mean_nll
+    from obliviate.training.data import encode_probes, pad
+
+    batch = pad(encode_probes(tokenizer, probes, 256, "auto"), pad_id_of(tokenizer))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return mean_nll(logits, batch["labels"]).item()
+
+
+def forgetting(name, tiny_tokenizer, memorised, flip: bool = False) -> tuple[float, float]:
+    """(forget rise, retain rise) in nats per token after unlearning with ``name``."""
+    target_state, base_state, forget, retain = memorised
+    values = {"max_steps": str(STEPS), "learning_rate": str(LEARNING_RATE), "batch_size": "4",
+              **OVERRIDES.get(name, {})}
+    run = plan(name, values)
+    if flip:  # the forget term's sign flipped: what a sign bug in a loss would do
+        object.__setattr__(run.method_config, "forget_weight", -run.method_config.forget_weight)
+    target = _model(tiny_tokenizer, target_state)
+    before = mean_loss(target, tiny_tokenizer, forget), mean_loss(target, tiny_tokenizer, retain)
+    result = unlearn(target, tiny_tokenizer, forget, retain, run,
+                     reference_loader=lambda: _model(tiny_tokenizer, target_state),
+                     base_loader=lambda: _model(tiny_tokenizer, base_state), progress=False)
+    after = mean_loss(result.model, tiny_tokenizer, forget), mean_loss(result.model, tiny_tokenizer, retain)
+    return after[0] - before[0], after[1] - before[1]
+
+
+def forgets(forget_rise: float, retain_rise: float) -> bool:
+    return forget_rise >= FORGET_RISE and retain_rise <= min(RETAIN_BOUND, RETAIN_SHARE * forget_rise)
+
+
+def test_the_tiny_target_memorised_its_documents(tiny_tokenizer, memorised):
+    target_state, base_state, forget, retain = memorised
+    target, base = _model(tiny_tokenizer, target_state), _model(tiny_tokenizer, base_state)
+    assert mean_loss(target, tiny_tokenizer, forget) < 0.5 < 5 < mean_loss(base, tiny_tokenizer, forget)
+    assert mean_loss(target, tiny_tokenizer, retain) < 0.5
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_method_forgets_and_keeps(name, tiny_tokenizer, memorised):
+    forget_rise, retain_rise = forgetting(name, tiny_tokenizer, memorised)
+    assert forgets(forget_rise, retain_rise), (
+        f"{name}: forget loss +{forget_rise:.3f} (need >= {FORGET_RISE}), retain loss {retain_rise:+.3f} (need <= "
+        f"{min(RETAIN_BOUND, RETAIN_SHARE * forget_rise):.3f})")
+
+
+FLIPPABLE = [name for name in method_names() if "forget_weight" in
+             {f.name for f in dataclasses.fields(get_method(name).Config)}]
+
+
+@pytest.mark.parametrize("name", ["GradDiff", "NPO", "KL"])
+def test_a_flipped_forget_term_fails_the_check(name, tiny_tokenizer, memorised):
+    forget_rise, retain_rise = forgetting(name, tiny_tokenizer, memorised, flip=True)
+    assert not forgets(forget_rise, retain_rise), f"{name} with its forget term's sign flipped still passed"
+    assert forget_rise < FORGET_RISE
