@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INPUT_OPTIONS = ("model", "base", "forget", "retain", "data", "mia", "utility", "heldout", "oracle", "reference",
-                 "config", "train", "mmlu", "gate", "pool", "rest")
+                 "config", "train", "mmlu", "gate", "pool", "rest", "calibration")
 
 
 def _manifest_inputs(args) -> dict[str, Path]:

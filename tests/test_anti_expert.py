@@ -38,6 +38,19 @@ def test_offset_by_hand():
     assert torch.allclose(combine_logits(target, base, expert, 0.0), target)
 
 
+def test_the_suppressing_offset_only_lowers_what_the_expert_learnt():
+    target = _log(0.7, 0.2, 0.1)
+    base = _log(0.2, 0.4, 0.4)
+    expert = _log(0.8, 0.1, 0.1)
+    combined = combine_logits(target, base, expert, 1.0, offset_kind="suppress")
+    # token 0 (the expert believes it 4x more than the base) is lowered by log 4; tokens 1 and 2, which the
+    # expert believes less, are not raised.
+    expected = [math.log(0.7) + math.log(0.2 / 0.8), math.log(0.2), math.log(0.1)]
+    assert combined[0, 0].tolist() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(InputError, match="offset"):
+        plan("AntiExpert", {"offset": "half"})
+
+
 def test_generation_keeps_to_the_targets_plausible_tokens():
     target = _log(0.6, 0.3, 0.05, 0.05)
     base, expert = _log(0.25, 0.25, 0.25, 0.25), _log(0.97, 0.01, 0.01, 0.01)
@@ -66,7 +79,7 @@ def _run(tiny_tokenizer, bundled_probes, **options):
 
     target = build_tiny_model(tiny_tokenizer)
     before = {n: p.detach().clone() for n, p in target.named_parameters()}
-    values = {"max_steps": "6", "batch_size": "2", "learning_rate": "1e-2", **options}
+    values = {"max_steps": "6", "batch_size": "2", "learning_rate": "1e-2", "offset": "full", **options}
     result = unlearn(target, tiny_tokenizer, bundled_probes["forget"][:6], bundled_probes["retain"][:6],
                      plan("AntiExpert", values), base_loader=base_loader, progress=False)
     return result, target, before, base_state
@@ -77,17 +90,19 @@ def test_unlearn_returns_a_wrapper_around_the_untouched_target(tiny_tokenizer, b
     wrapper = result.model
     assert isinstance(wrapper, AntiExpertModel) and wrapper.target is target
     assert all(torch.equal(before[n], p) for n, p in target.named_parameters())
-    assert all(torch.equal(base_state[n], p) for n, p in wrapper.base.state_dict().items())
+    assert all(torch.equal(base_state[n], p) for n, p in wrapper.reference.state_dict().items())
     assert any(not torch.equal(base_state[n], p) for n, p in wrapper.expert.state_dict().items())
     assert wrapper.expert_weight == 0.7 and result.record["anti_expert"]["expert_weight"] == 0.7
+    # four generic texts per forget row were held to the base beside the retain rows
+    assert result.record["anti_expert"]["replayed_texts"] == 4 * 6
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        expected = combine_logits(target(input_ids=ids).logits, wrapper.base(input_ids=ids).logits,
+        expected = combine_logits(target(input_ids=ids).logits, wrapper.reference(input_ids=ids).logits,
                                   wrapper.expert(input_ids=ids).logits, 0.7)
         assert torch.equal(wrapper(input_ids=ids).logits, expected)
     save_model(wrapper, tiny_tokenizer, tmp_path / "anti")
     marker = json.loads((tmp_path / "anti" / MARKER).read_text())
-    assert marker["kind"] == "AntiExpert" and marker["parts"] == ["target", "base", "expert"]
+    assert marker["kind"] == "AntiExpert" and marker["parts"] == ["target", "reference", "expert"]
     loaded = load_model(tmp_path / "anti", device="cpu").model
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
@@ -113,3 +128,17 @@ def test_calibrated_weight_puts_the_forget_documents_at_their_reference(tiny_tok
     search = calibration["search"]
     if search[0]["gap"] >= 0:  # reachable: bisection ends at the reference (or after its iterations)
         assert abs(calibration["mean_loss"] - calibration["mean_reference"]) <= 0.01 or len(search) == 13
+
+
+def test_replayed_texts_avoid_the_forget_text_and_every_bundled_benchmark_document():
+    from obliviate.data.benchmark import bundled_names, load_bundled
+    from obliviate.models.base import load_corpus
+    from obliviate.training.gate import replay_texts
+
+    corpus = load_corpus()
+    used = set().union(*(load_bundled(name).document_ids() for name in bundled_names()))
+    free = [t.text for t in corpus if t.document_id not in used]
+    texts = replay_texts([free[0]], 50, seed=0)
+    assert len(texts) == 50 and free[0] not in texts
+    assert not set(texts) & {t.text for t in corpus if t.document_id in used}
+    assert texts == replay_texts([free[0]], 50, seed=0) != replay_texts([free[0]], 50, seed=1)

@@ -232,9 +232,10 @@ def test_audit_report_combines_audits_and_rejects_bad_input(tmp_path, capsys):
         suites["distance"]["kl_to_oracle_forget"]["value"] = value
         (tmp_path / name / "audit.json").write_text(json.dumps({"command": f"obliviate audit {name}",
                                                                 "suites": suites}))
-    out = tmp_path / "report.md"
+    out = tmp_path / "report"
     assert main(["audit-report", f"first={tmp_path / 'a'}", f"second={tmp_path / 'b'}", "--out", str(out)]) == 0
-    text = out.read_text()
+    text = (out / "report.md").read_text()
+    assert (out / "manifest.json").is_file()
     # Audits written before metrics named their convention show "-" in that column.
     assert "| kl_to_oracle_forget | 0.250 | 0.500 | lower is better | 0.000 | - |" in text
     assert "- second: `obliviate audit b`" in text

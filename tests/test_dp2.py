@@ -45,19 +45,19 @@ def test_per_example_loss_is_each_rows_own_token_mean():
     ({"epsilon": 1e-4}, "epsilon"),  # no noise multiplier reaches it
     ({"delta": 0.2}, "delta"),  # not below 1/N for 10 documents
     ({"expected_batch_size": 11}, "expected_batch_size"),
-    ({"epochs": 0}, "epochs"),
+    ({"max_passes": 0}, "max_passes"),
     ({"accountant": "moments"}, "accountant"),
     ({"max_grad_norm": float("nan")}, "max_grad_norm"),
 ])
 def test_unreachable_or_invalid_privacy_settings_are_input_errors(change, field):
     with pytest.raises(InputError) as error:
-        check_config(DPConfig(**{**{"expected_batch_size": 4, "epochs": 2}, **change}), examples=10)
+        check_config(DPConfig(**{**{"expected_batch_size": 4, "max_passes": 2}, **change}), examples=10)
     assert error.value.field == field
 
 
 def test_noise_multiplier_grows_as_epsilon_shrinks():
-    loose = check_config(DPConfig(epsilon=8, expected_batch_size=4, epochs=2), examples=10)
-    tight = check_config(DPConfig(epsilon=1, expected_batch_size=4, epochs=2), examples=10)
+    loose = check_config(DPConfig(epsilon=8, expected_batch_size=4, max_passes=2), examples=10)
+    tight = check_config(DPConfig(epsilon=1, expected_batch_size=4, max_passes=2), examples=10)
     assert 0 < loose < tight
 
 
@@ -66,7 +66,7 @@ def test_dp_training_spends_at_most_the_budget_and_changes_the_weights(tiny_mode
                                                                       lora_rank):
     examples = document_examples(bundled_probes["retain"][:12])
     before = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
-    config = DPConfig(epsilon=4.0, delta=1e-3, epochs=2, expected_batch_size=2, max_length=64, lora_rank=lora_rank,
+    config = DPConfig(epsilon=4.0, delta=1e-3, max_passes=2, expected_batch_size=2, max_length=64, lora_rank=lora_rank,
                       learning_rate=1e-2)
     model, record = train_dp(tiny_model, tiny_tokenizer, examples, config, desc=None)
     assert type(model).__name__ == "LlamaForCausalLM"  # adapters merged, opacus unwrapped
@@ -82,8 +82,8 @@ def test_dp2_base_then_unlearn_end_to_end(tmp_path, tiny_model_dir, tiny_lume_di
     before = _hashes(tiny_model_dir)
     base_out = tmp_path / "dp"
     train = [str(tiny_lume_dir / f"{name}.jsonl") for name in ("forget", "retain")]
-    code = main(["dp2", "base", "--model", str(tiny_model_dir), "--train", *train, "--epsilon", "8", "--delta",
-                 "1e-3", "--epochs", "2", "--expected-batch-size", "2", "--max-length", "64", "--out", str(base_out)])
+    code = main(["dp2", "base", "--model", str(tiny_model_dir), "--train", *train, "--dp", "epsilon=8",
+                 "delta=1e-3", "max_passes=2", "expected_batch_size=2", "max_length=64", "--out", str(base_out)])
     assert code == 0, capsys.readouterr().err
     assert _hashes(tiny_model_dir) == before, "the input model must never be modified"
     record = json.loads((base_out / "dp2.json").read_text())
@@ -94,7 +94,7 @@ def test_dp2_base_then_unlearn_end_to_end(tmp_path, tiny_model_dir, tiny_lume_di
 
     out = tmp_path / "unlearned"
     code = main(["dp2", "unlearn", "--model", str(base_out), "--retain", str(tiny_lume_dir / "retain.jsonl"),
-                 "--max-passes", "1", "--max-new-tokens", "4", "--out", str(out)])
+                 "--max-passes", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     result = json.loads((out / "dp2.json").read_text())
     assert set(result["forgotten_documents"]) == forget_docs  # trained on, not kept: covered by epsilon
@@ -108,8 +108,8 @@ def test_dp2_unreachable_epsilon_fails_before_training_and_writes_nothing(tmp_pa
     out = tmp_path / "dp"
     code = main(["dp2", "base", "--model", str(tiny_model_dir), "--train", str(tiny_lume_dir / "retain.jsonl"),
                  "--epsilon", "0.0001", "--delta", "1e-3", "--epochs", "2", "--expected-batch-size", "2",
-                 "--out", str(out)])
-    err = capsys.readouterr().err.strip().splitlines()
+                 "--out", str(out)])  # the old flags, one release: the same error
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "old spelling" not in line]
     assert code == 2 and len(err) == 1 and "field 'epsilon'" in err[0] and "cannot reach" in err[0]
     assert not out.exists() and not list(tmp_path.glob(".dp*"))
 

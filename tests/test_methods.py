@@ -176,7 +176,7 @@ def test_demo_method_entries_carry_options():
     pruned = method_entry("GradDiff:prune=0.5:learning_rate=3e-4")
     assert pruned.method_name == "GradDiff" and pruned.training.prune == 0.5
     assert pruned.training.learning_rate == 3e-4
-    with pytest.raises(InputError, match="--methods GradDiff:prune=2.*prune"):
+    with pytest.raises(InputError, match="--method GradDiff prune=2.*prune"):
         method_entry("GradDiff:prune=2")
     with pytest.raises(InputError, match="expected key=value"):
         method_entry("GradDiff:prune")

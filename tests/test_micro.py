@@ -100,7 +100,7 @@ def test_demo_end_to_end(micro_models, tmp_path, capsys):
 
     _, cache = micro_models
     out = tmp_path / "demo"
-    assert main(["demo", "--cache-dir", str(cache), "--methods", "GradDiff,BaseTeacher", "--seeds", "0,1",
+    assert main(["demo", "--cache-dir", str(cache), "--method", "GradDiff", "--method", "BaseTeacher", "--seeds", "0,1",
                  "--out", str(out)]) == 0
     table = capsys.readouterr().out
     rows = json.loads((out / "results.json").read_text())["rows"]

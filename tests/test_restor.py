@@ -169,8 +169,8 @@ def test_restor_end_to_end_on_a_tiny_model(tmp_path, clean_tiny, capsys):
     clean, data, record = clean_tiny
     out = tmp_path / "restor"
     assert main(["restor", "--model", str(clean), "--data", str(data), "--part", "all", "--facts", "4",
-                 "--methods", "GradDiff:max_steps=3", "--seeds", "0,1", "--corruption-passes", "20",
-                 "--corruption-lr", "1e-2", "--max-new-tokens", "24", "--out", str(out)]) == 0
+                 "--method", "GradDiff", "max_steps=3", "--seeds", "0,1", "--corruption", "max_passes=20",
+                 "learning_rate=1e-2", "--max-new-tokens", "24", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert {"results.json", "report.md", "facts.json", "judgements.jsonl", "corruption.jsonl",
             "context.jsonl"} <= {p.name for p in out.iterdir()}
@@ -182,8 +182,8 @@ def test_restor_end_to_end_on_a_tiny_model(tmp_path, clean_tiny, capsys):
     assert counts["known_by_clean"] >= 3 and counts["scored"] >= 2
     assert counts["scored"] <= min(counts["known_by_clean"], counts["flipped_by_corruption"])
     rows = {row["name"]: row for row in results["rows"]}
-    assert list(rows) == ["clean", "corrupted", "GradDiff:max_steps=3"]
-    assert rows["GradDiff:max_steps=3"]["runs"] == 2 and len(results["runs"]["GradDiff:max_steps=3"]) == 2
+    assert list(rows) == ["clean", "corrupted", "GradDiff max_steps=3"]
+    assert rows["GradDiff max_steps=3"]["runs"] == 2 and len(results["runs"]["GradDiff max_steps=3"]) == 2
     for row in rows.values():
         assert sum(row[f"{v}_all"] for v in ("recovered", "corrupted", "neither")) == pytest.approx(1)
         assert sum(row[v] for v in ("recovered", "corrupted", "neither")) == pytest.approx(1)
@@ -203,11 +203,11 @@ def test_restor_end_to_end_on_a_tiny_model(tmp_path, clean_tiny, capsys):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--methods", "GradDiff,NoSuchMethod"], "NoSuchMethod"),
+    (["--method", "GradDiff", "--method", "NoSuchMethod"], "NoSuchMethod"),
     (["--facts", "0"], "field 'facts'"),
     (["--facts", "99"], "field 'facts': 99 facts asked for"),
     (["--judge", "rouge", "--rouge-threshold", "1.5"], "field 'rouge-threshold'"),
-    (["--corruption-passes", "0"], "field 'corruption-passes'"),
+    (["--corruption", "max_passes=0"], "field 'corruption-passes'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, clean_tiny, capsys, extra, words):
     clean, data, _ = clean_tiny

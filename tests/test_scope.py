@@ -33,13 +33,17 @@ def test_lora_for_every_method(name, tiny_tokenizer, bundled_probes, tmp_path, m
 
     model = build_tiny_model(tiny_tokenizer)
     before = _snapshot(model)
+    method = get_method(name)
+    # What LoRA trains on: the target, or (AntiExpert) a copy of the pretrained base, seed 1 in _run.
+    trains_the_base = getattr(method, "wrapper_result", False) and getattr(method, "needs_base", False)
+    origin = _snapshot(build_tiny_model(tiny_tokenizer, seed=1)) if trains_the_base else before
     base_before_merge = []
     merge = scope.merge_lora
 
     def checked_merge(peft_model):  # the base weights must still be the original ones when merging starts
         base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
                 for n, p in peft_model.named_parameters() if "lora_" not in n}
-        base_before_merge.append(all(torch.equal(before[n], p) for n, p in base.items()))
+        base_before_merge.append(all(torch.equal(origin[n], p) for n, p in base.items()))
         return merge(peft_model)
 
     monkeypatch.setattr(scope, "merge_lora", checked_merge)
@@ -49,12 +53,13 @@ def test_lora_for_every_method(name, tiny_tokenizer, bundled_probes, tmp_path, m
         assert error.field == "lora"
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
         return
-    if is_wrapper_model(result.model):  # ULD: the target untouched, its assistant's merged projections moved
+    if is_wrapper_model(result.model):  # the target untouched; the trained part's merged projections moved
         assert all(torch.equal(before[n], p) for n, p in result.model.target.named_parameters())
         assert base_before_merge and all(base_before_merge), "training changed a base weight under LoRA"
-        assistant = dict(result.model.assistant.named_parameters())
-        moved = {n for n, p in assistant.items() if not torch.equal(before[n], p)}
-        assert moved and all(n.endswith("proj.weight") for n in moved) and not any("lora" in n for n in assistant)
+        trained = result.model.expert if trains_the_base else result.model.assistant
+        weights = dict(trained.named_parameters())
+        moved = {n for n, p in weights.items() if not torch.equal(origin[n], p)}
+        assert moved and all(n.endswith("proj.weight") for n in moved) and not any("lora" in n for n in weights)
         save_model(result.model, tiny_tokenizer, tmp_path / "model")
         loaded = load_model(tmp_path / "model", device=None).model
         ids = torch.tensor([[5, 6, 7, 8]])

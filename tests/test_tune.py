@@ -60,7 +60,7 @@ def test_the_rescaled_defaults_lead_the_search(tmp_path):
 ])
 def test_bad_space_is_one_line_naming_the_field(tmp_path, capsys, item, field, words):
     out = tmp_path / "tune"
-    assert main(["tune", "--method", "GradDiff", "--space", item, "--out", str(out)]) == 2
+    assert main(["tune", "--method", "GradDiff", item, "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and f"field '{field}'" in error and words in error
     assert not out.exists()
@@ -151,10 +151,9 @@ def test_validation_split_is_deterministic_disjoint_and_keeps_every_task():
 
 def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "tune"
-    base = ["tune", "--method", "GradDiff", "--model", str(tiny_model_dir),
-            "--forget", "bundled", "--retain", "bundled", "--utility", "bundled", "--mia", "bundled",
-            "--space", "learning_rate=1e-5,2e-5,3e-5", "--space", "max_steps=3", "--space", "batch_size=2",
-            "--max-new-tokens", "2", "--out", str(out)]
+    base = ["tune", "--method", "GradDiff", "learning_rate=1e-5,2e-5,3e-5", "max_steps=3", "batch_size=2",
+            "--model", str(tiny_model_dir), "--forget", "bundled", "--retain", "bundled", "--utility", "bundled",
+            "--mia", "bundled", "--max-new-tokens", "2", "--out", str(out)]
     assert main(base + ["--trials", "1"]) == 0
     assert "1 trials run now, 0 recorded before" in capsys.readouterr().out
     assert main(base + ["--trials", "1"]) == 0  # resumed: nothing left to run, nothing evaluated again
@@ -170,3 +169,22 @@ def test_tune_end_to_end_on_a_tiny_model_then_resumes(tmp_path, tiny_model_dir, 
     target = json.loads((out / "target.json").read_text())
     assert target["scores"]["utility"] is not None
     assert main(["verify", str(out), "--inputs"]) == 0  # sealed once the search is done, resumed or not
+
+
+def test_the_old_spellings_still_work_with_a_note(capsys):
+    import argparse
+
+    from obliviate.cli import build_parser
+    from obliviate.commands._shared import method_entries
+
+    args = build_parser().parse_args(["demo", "--method", "NPO", "beta=0.2", "--method", "GradDiff"])
+    assert method_entries(args) == ["NPO beta=0.2", "GradDiff"]
+    legacy = argparse.Namespace(command="demo", method=None)
+    assert method_entries(legacy, legacy="NPO:beta=0.2,GradDiff") == ["NPO:beta=0.2", "GradDiff"]
+    assert "--methods is the old spelling" in capsys.readouterr().err
+    from obliviate.studies.demo import method_entry
+
+    assert method_entry("NPO beta=0.2").method_config.beta == method_entry("NPO:beta=0.2").method_config.beta == 0.2
+    args = build_parser().parse_args(["tune", "--method", "NPO", "beta=0.1,0.2", "--space", "max_steps=3",
+                                      "--out", "x"])
+    assert args.method == ["NPO", "beta=0.1,0.2"] and args.space == ["max_steps=3"]

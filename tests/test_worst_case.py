@@ -135,24 +135,24 @@ def test_selection_refuses_unsupported_methods_and_options(tiny_lume_dir, tiny_m
 
 def _forget_set(tiny_model_dir, pool, out, *extra, options=("max_length=24",)):
     return main(["forget-set", "--worst-case", "2", "--method", "GradDiff", *options, "--pool", str(pool),
-                 "--model", str(tiny_model_dir), "--out", str(out), "--steps", "1", "--iterations", "2",
-                 "--inner-lr", "1.0", *extra])
+                 "--model", str(tiny_model_dir), "--out", str(out), "--selection", "unroll_steps=1", "iterations=2",
+                 "inner_lr=1.0", *extra])
 
 
 def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
     pool_file = tiny_lume_dir / "forget.jsonl"
-    out, rest = tmp_path / "sets" / "worst.jsonl", tmp_path / "sets" / "rest.jsonl"
-    code = _forget_set(tiny_model_dir, pool_file, out, "--rest", str(rest), "--compare-random", "2",
-                       "--max-new-tokens", "4", options=("max_length=24", "max_steps=2"))
+    out = tmp_path / "sets"
+    code = _forget_set(tiny_model_dir, pool_file, out, "--compare-random", "2", "--max-new-tokens", "4",
+                       options=("max_length=24", "max_steps=2"))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     pool = documents_of(load_probes(pool_file))
-    chosen = documents_of(load_probes(out))  # load_probes validates the LUME format
+    chosen = documents_of(load_probes(out / "forget.jsonl"))  # load_probes validates the LUME format
     assert len(chosen) == 2
     for document, probes in chosen.items():
         assert [p.id for p in probes] == [p.id for p in pool[document]], "every probe of a chosen document"
-    assert set(documents_of(load_probes(rest))) == set(pool) - set(chosen)
-    record = json.loads((tmp_path / "sets" / "worst.selection.json").read_text())
+    assert set(documents_of(load_probes(out / "rest.jsonl"))) == set(pool) - set(chosen)
+    record = json.loads((out / "selection.json").read_text())
     assert record["chosen"] == list(chosen) and record["method"] == "GradDiff"
     assert sum(record["weights"].values()) == pytest.approx(2, abs=1e-9)
     assert sorted(record["weights"], key=lambda d: -record["weights"][d])[:2] == sorted(
@@ -168,16 +168,26 @@ def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, t
     assert comparison["rows"][0]["documents"] == record["chosen"]
     assert all(row["steps"] == 2 for row in comparison["rows"])
     assert "| worst-case |" in captured.out and "random (mean ± std, 2 draws)" in captured.out
-    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["rest.jsonl", "worst.jsonl",
-                                                                    "worst.selection.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["forget.jsonl", "manifest.json", "rest.jsonl",
+                                                     "selection.json"]
+
+
+def test_cli_takes_the_old_spellings_for_one_release(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    out, rest = tmp_path / "worst.jsonl", tmp_path / "rest.jsonl"
+    code = main(["forget-set", "--worst-case", "2", "--method", "GradDiff", "max_length=24", "--pool",
+                 str(tiny_lume_dir / "forget.jsonl"), "--model", str(tiny_model_dir), "--out", str(out), "--rest",
+                 str(rest), "--steps", "1", "--iterations", "1"])
+    assert code == 0 and "use --selection unroll_steps=1 iterations=1" in capsys.readouterr().err
+    assert out.is_file() and rest.is_file() and (tmp_path / "worst.selection.json").is_file()
+    assert json.loads((tmp_path / "worst.selection.json").read_text())["unroll_steps"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
     (["--worst-case", "7"], "asks for 7 documents but the pool has 6"),
     (["--worst-case", "0"], "field 'worst-case': must be >= 1"),
     (["--method", "KL"], "KL has no per-document forget loss"),
-    (["--steps", "0"], "field 'steps': must be >= 1"),
-    (["--out-name", "worst.txt"], "expected a .jsonl or .parquet file name"),
+    (["--selection", "unroll_steps=0"], "field 'unroll_steps': must be >= 1"),
+    (["--selection", "unroll_step=2"], "did you mean 'unroll_steps'"),
     (["--pool-line", '{"id": "x"}'], "missing field"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_lume_dir, capsys):
@@ -186,15 +196,12 @@ def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_
         pool = tmp_path / "pool.jsonl"
         pool.write_text(args[1] + "\n")
         args = []
-    out_name = "worst.jsonl"
-    if args and args[0] == "--out-name":
-        out_name, args = args[1], []
-    values = {"--worst-case": "2", "--method": "GradDiff", "--steps": "1"}
+    values = {"--worst-case": "2", "--method": "GradDiff", "--selection": "unroll_steps=1"}
     values.update(dict(zip(args[::2], args[1::2])))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     # The model directory does not exist: every one of these must be refused before a model is looked at.
-    code = main(["forget-set", "--pool", str(pool), "--out", str(out_dir / out_name), "--model",
+    code = main(["forget-set", "--pool", str(pool), "--out", str(out_dir / "worst"), "--model",
                  str(tmp_path / "no-model"), *[item for pair in values.items() for item in pair]])
     err = capsys.readouterr().err
     assert code == 2
@@ -203,12 +210,13 @@ def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_
 
 
 def test_cli_refuses_an_existing_output_and_a_retain_overlap(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
-    out = tmp_path / "worst.jsonl"
-    out.write_text("keep me\n")
+    out = tmp_path / "worst"
+    out.mkdir()
+    (out / "forget.jsonl").write_text("keep me\n")
     code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", out)
     assert code == 2 and "--overwrite" in capsys.readouterr().err
-    assert out.read_text() == "keep me\n"
-    code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", tmp_path / "other.jsonl", "--retain",
+    assert (out / "forget.jsonl").read_text() == "keep me\n"
+    code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", tmp_path / "other", "--retain",
                        str(tiny_lume_dir / "forget.jsonl"))
     assert code == 2 and "is also in the forget set" in capsys.readouterr().err
-    assert not (tmp_path / "other.jsonl").exists()
+    assert not (tmp_path / "other").exists()

@@ -18,8 +18,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from obliviate.data.lume import documents_from_probes
 from obliviate.audit.metric import metric
+from obliviate.data.lume import documents_from_probes
 from obliviate.data.records import Document, Probe, ProbeKind
 from obliviate.distributed import shard_map
 from obliviate.errors import InputError

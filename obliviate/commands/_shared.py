@@ -163,3 +163,34 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+# The one way to name a method and its options, in every command: --method NAME key=value ... (repeatable where a
+# command runs several methods), or --config FILE (a YAML mapping of the same keys) in unlearn.
+METHOD_METAVAR = ("NAME", "KEY=VALUE")
+
+
+def add_method_option(parser: argparse.ArgumentParser, *, repeatable: bool, required: bool = False,
+                      default_help: str = "") -> None:
+    parser.add_argument(
+        "--method", action="append" if repeatable else "store", nargs="+", metavar=METHOD_METAVAR,
+        required=required, default=None,
+        help="a method and its options, e.g. --method NPO beta=0.1 max_steps=40 (`obliviate methods` lists them)"
+             + ("; repeat it for several methods" if repeatable else "") + (f" ({default_help})" if default_help
+                                                                            else ""))
+
+
+def method_entries(args, legacy: str | None = None) -> list[str] | None:
+    """The ``--method`` options as entries ``"NAME key=value ..."`` (what the studies plan and name rows by), or
+    None when none was given. ``legacy``: the old comma-separated ``--methods A,B:key=value`` value, still taken
+    for one release, with a note of what replaced it."""
+    given = args.method
+    entries = None
+    if given:
+        groups = given if isinstance(given[0], list) else [given]
+        entries = [" ".join(group) for group in groups]
+    if legacy is not None:  # "" (no method) is a value too
+        print(f"obliviate {args.command}: note: --methods is the old spelling; use --method NAME key=value ... "
+              "(repeatable)", file=sys.stderr)
+        entries = (entries or []) + csv_items(legacy)
+    return entries

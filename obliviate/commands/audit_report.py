@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
@@ -14,7 +15,7 @@ def add_parser(commands) -> None:
                     "into one Markdown report with a column per model.")
     combined.add_argument("audits", nargs="+", metavar="NAME=DIR",
                           help="a column name and the output directory of one `obliviate audit` run")
-    combined.add_argument("--out", metavar="FILE", help="write the report here (default: print it)")
+    combined.add_argument("--out", metavar="DIR", help="write OUT/report.md (default: print the report)")
 
 
 def run(args) -> int:
@@ -41,8 +42,16 @@ def run(args) -> int:
     if any(s != suites[0] for s in suites):
         raise InputError("the audits ran different suites; rerun them with the same --suites", field="audits")
     text = audit_markdown(models) + "\nAudits combined:\n\n" + "\n".join(commands_run) + "\n"
-    if args.out:
+    if args.out and Path(args.out).suffix == ".md":  # the old spelling: --out named the file
+        print("obliviate audit-report: note: --out FILE.md is the old spelling; --out DIR writes DIR/report.md",
+              file=sys.stderr)
         write_text_atomic(args.out, text)
+    elif args.out:
+        from obliviate.io import atomic_output_dir, check_output_dir
+
+        check_output_dir(args.out, overwrite=False)
+        with atomic_output_dir(args.out) as tmp:
+            (tmp / "report.md").write_text(text)
     else:
         print(text)
     return 0

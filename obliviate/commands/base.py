@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from obliviate.errors import InputError
 
 
 def add_parser(commands) -> None:
-    base = commands.add_parser(
-        "base", help="rebuild the bundled pretrained base from its corpus",
-        description="Pretrain the default base (a small Llama and its byte-level BPE) on the bundled corpus of "
-                    "public LUME text outside the micro benchmark, with the recipe the shipped weights were "
-                    "built with, and write it to --out as a Hugging Face checkpoint with base.json (its losses).")
-    base.add_argument("action", choices=("build",), help="build: pretrain and write the base")
-    base.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    base.add_argument("--passes", type=int, default=None, help="passes over the corpus (default: the recipe's)")
-    base.add_argument("--benchmark", default="micro", choices=("micro", "standard"),
-                      help="whose base to rebuild: the corpus less that bundled benchmark's documents (default micro)")
-    base.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    base = commands.add_parser("base", help="rebuild a bundled pretrained base from its corpus",
+                               description="The bundled pretrained bases.")
+    actions = base.add_subparsers(dest="action", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build", help="pretrain a bundled base and write it",
+        description="Pretrain a bundled benchmark's base (a small Llama and its byte-level BPE) on the bundled "
+                    "corpus of public LUME text less that benchmark's documents, with the recipe the shipped "
+                    "weights were built with, and write it to --out as a Hugging Face checkpoint with base.json "
+                    "(its losses).")
+    build.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    build.add_argument("--max-passes", type=int, default=None, metavar="N",
+                       help="passes over the corpus (default: the recipe's)")
+    build.add_argument("--passes", dest="old_passes", type=int, default=None, help=argparse.SUPPRESS)  # old spelling
+    build.add_argument("--benchmark", default="micro", choices=("micro", "standard"),
+                       help="whose base to rebuild: the corpus less that bundled benchmark's documents (default micro)")
+    build.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def run(args) -> int:
@@ -31,10 +37,14 @@ def run(args) -> int:
 
     check_output_dir(args.out, args.overwrite)
     recipe = BaseRecipe()
-    if args.passes is not None:
-        if args.passes < 1:
-            raise InputError(f"must be >= 1, got {args.passes}", field="passes")
-        recipe = dataclasses.replace(recipe, passes=args.passes)
+    passes = args.max_passes
+    if args.old_passes is not None:
+        print("obliviate base: note: --passes is the old spelling of --max-passes", file=sys.stderr)
+        passes = args.old_passes if passes is None else passes
+    if passes is not None:
+        if passes < 1:
+            raise InputError(f"must be >= 1, got {passes}", field="max-passes")
+        recipe = dataclasses.replace(recipe, passes=passes)
     model, tokenizer, record = pretrain_base(base_corpus(args.benchmark), recipe,
                                              log=lambda message: print(message, file=sys.stderr, flush=True))
     with atomic_output_dir(args.out, overwrite=args.overwrite) as tmp:

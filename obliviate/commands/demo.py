@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from obliviate.commands._shared import (add_base_option, add_benchmark_options, add_generation_options, base_value,
-                                        command_line, csv_items, max_passes_of, parse_int_list, sample_sizes_of)
+from obliviate.commands._shared import (add_base_option, add_benchmark_options, add_generation_options,
+                                        add_method_option, base_value, command_line, max_passes_of, method_entries,
+                                        parse_int_list, sample_sizes_of)
 from obliviate.studies.demo import DEFAULT_METHODS
 
 
@@ -14,23 +16,22 @@ def add_parser(commands) -> None:
         "demo", help="the whole flow on a bundled benchmark: target, oracle, the default recipe and baselines, "
                      "one table",
         description="Load (or fine-tune and cache) the benchmark's target and oracle, unlearn its test part's forget "
-                    "documents with each of --methods over --seeds, score every model with the LUME scorer on the "
+                    "documents with each --method over --seeds, score every model with the LUME scorer on the "
                     "test part and print one table of means and spreads.")
     demo.add_argument("--data", metavar="DIR",
                       help="a LUME-format directory (forget.jsonl, retain.jsonl) to sample the benchmark from, the "
                            "same way as the bundled one (default: the bundled benchmark)")
     demo.add_argument("--out", metavar="DIR", help="write results.json, report.md, scores.png and the "
                                                    "per-model evaluations here")
-    demo.add_argument("--methods", default=None,
-                      help="comma-separated methods to run, each NAME or NAME:key=value:... with options changed "
-                           "(e.g. GradDiff:prune=0.5), or 'all' for every registered method (default: "
-                           f"{','.join(DEFAULT_METHODS)})")
+    add_method_option(demo, repeatable=True, default_help="default: " + ", ".join(DEFAULT_METHODS)
+                      + "; --method all runs every registered method with its defaults")
+    demo.add_argument("--methods", default=None, help=argparse.SUPPRESS)  # the old spelling, one release
     demo.add_argument("--cache-dir", metavar="DIR",
                       help="where trained targets and oracles are kept (default $OBLIVIATE_CACHE_DIR or "
                            "~/.cache/obliviate)")
     demo.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     add_base_option(demo)
-    add_benchmark_options(demo, "standard")
+    add_benchmark_options(demo, "micro")
     demo.add_argument("--seeds", default="0,1,2", type=parse_int_list,
                       help="unlearning seeds per method; the table gives mean ± std over them (default 0,1,2)")
     demo.add_argument("--mmlu", metavar="DIR",
@@ -48,7 +49,7 @@ def run(args) -> int:
     from obliviate.methods import method_names
     from obliviate.studies.demo import run_demo
 
-    methods = csv_items(args.methods) if args.methods else DEFAULT_METHODS
+    methods = method_entries(args, legacy=args.methods) or list(DEFAULT_METHODS)
     if methods == ["all"]:
         methods = method_names()
     run_demo(data=args.data, out=args.out, methods=methods, cache_dir=args.cache_dir,

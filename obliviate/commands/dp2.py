@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from obliviate.commands._shared import (BUNDLED, add_format_options, add_generation_options, command_line, csv_items,
-                                        log_line, parse_int_list, recipe_for)
+from obliviate.commands._shared import (BUNDLED, add_format_options, add_generation_options, add_method_option,
+                                        command_line, log_line, method_entries, parse_int_list, recipe_for)
 from obliviate.errors import InputError
 
 
+DP_OLD = ("epsilon", "delta", "epochs", "expected_batch_size", "learning_rate", "max_grad_norm", "lora_rank",
+          "max_length", "accountant", "seed")  # the old flags (--epsilon, --epochs, ...), one release
+
+
 def add_parser(commands) -> None:
+    from obliviate.training.dp import DPConfig
+
     dp2 = commands.add_parser(
         "dp2", help="DP2Unlearning: a differentially private model, then unlearning by fine-tuning it on retain",
         description="DP2Unlearning. `dp2 base`: fine-tune a pretrained model with DP-SGD (opacus; one document "
@@ -17,68 +24,93 @@ def add_parser(commands) -> None:
                     "fine-tuning that DP model on the documents to keep only (the forget documents are never "
                     "read). `dp2 compare`: DP2U, retraining and approximate methods side by side on the micro "
                     "benchmark, with the compute each took.")
-    dp2.add_argument("action", choices=("base", "unlearn", "compare"))
-    dp2.add_argument("--model", metavar="DIR",
-                     help="base: the pretrained model to DP-fine-tune (default: the bundled base); unlearn: a "
-                          "`dp2 base` output directory")
-    dp2.add_argument("--train", metavar="FILE", nargs="+",
-                     help="base: files of every training document, forget documents included, in any format of "
-                          "unlearn --forget (see --format; default: the micro benchmark's forget, retain and "
-                          "utility sets)")
-    dp2.add_argument("--retain", metavar="FILE", nargs="+",
-                     help="unlearn: files of the documents to keep (see --train; each is checked for "
-                          "memorisation)")
-    dp2.add_argument("--out", metavar="DIR", help="output directory (base, unlearn: model/ and dp2.json; "
-                                                   "compare: results.json, report.md)")
-    dp2.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    privacy = dp2.add_argument_group("DP-SGD (base, compare)")
-    privacy.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per document (default 8)")
-    privacy.add_argument("--delta", type=float, default=1e-5, help="delta, below 1/documents (default 1e-5)")
-    privacy.add_argument("--epochs", type=int, default=20, help="expected passes over the documents (default 20)")
-    privacy.add_argument("--expected-batch-size", type=int, default=16,
-                         help="Poisson sampling rate x documents (default 16)")
-    privacy.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    privacy.add_argument("--max-grad-norm", type=float, default=1.0, help="per-document clipping norm (default 1)")
-    privacy.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (default 0: "
-                                                                   "every weight)")
-    privacy.add_argument("--max-length", type=int, default=512, help="tokens per document (default 512)")
-    privacy.add_argument("--accountant", default="rdp", choices=("rdp", "prv", "gdp"),
-                         help="opacus privacy accountant (default rdp)")
-    privacy.add_argument("--seed", type=int, default=0, help="sampling and noise seed (default 0)")
-    dp2.add_argument("--max-passes", type=int, default=None, metavar="N",
-                     help="unlearn: at most N passes over the kept documents (default: the oracle recipe's cap)")
-    dp2.add_argument("--methods", default="BaseTeacher,KL",
-                     help="compare: approximate methods to run beside DP2U (default BaseTeacher,KL)")
-    dp2.add_argument("--seeds", type=parse_int_list, default=[0, 1, 2],
-                     help="compare: unlearning seeds (default 0,1,2)")
-    dp2.add_argument("--cache-dir", metavar="DIR", help="compare: model cache (see demo)")
-    add_generation_options(dp2)
-    add_format_options(dp2)
+    actions = dp2.add_subparsers(dest="action", metavar="ACTION", required=True)
+    defaults = DPConfig()
+    dp_help = ("DP-SGD settings: " + ", ".join(f"{f}={getattr(defaults, f)}" for f in (
+        "epsilon", "delta", "max_passes", "expected_batch_size", "learning_rate", "max_grad_norm", "lora_rank",
+        "max_length", "accountant", "seed")) + " (epsilon: the privacy budget per document; max_passes: expected "
+        "passes over the documents under Poisson sampling; expected_batch_size: sampling rate x documents; "
+        "lora_rank 0 trains every weight)")
+
+    def common(parser, out_help: str) -> None:
+        parser.add_argument("--out", metavar="DIR", required=True, help=out_help)
+        parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    def dp_settings(parser) -> None:
+        parser.add_argument("--dp", nargs="+", default=[], metavar="KEY=VALUE", help=dp_help)
+        for name in DP_OLD:
+            parser.add_argument("--" + name.replace("_", "-"), dest=f"old_{name}", default=None,
+                                help=argparse.SUPPRESS)
+
+    base = actions.add_parser("base", help="fine-tune a pretrained model with DP-SGD on every training document",
+                              description="Fine-tune --model with DP-SGD (one document per privacy unit) on every "
+                                          "document of --train; writes OUT/model and OUT/dp2.json.")
+    base.add_argument("--model", metavar="DIR", help="the pretrained model to DP-fine-tune (default: the bundled base)")
+    base.add_argument("--train", metavar="FILE", nargs="+",
+                      help="files of every training document, forget documents included, in any format of unlearn "
+                           "--forget (see --format; default: the micro benchmark's forget, retain and utility sets)")
+    common(base, "output directory: model/ and dp2.json")
+    dp_settings(base)
+    add_format_options(base)
+
+    unlearn = actions.add_parser("unlearn", help="serve a request: fine-tune the DP model on the documents to keep",
+                                 description="Fine-tune a `dp2 base` model on --retain only (the forget documents are "
+                                             "never read); writes OUT/model and OUT/dp2.json.")
+    unlearn.add_argument("--model", metavar="DIR", required=True, help="a `obliviate dp2 base` output directory")
+    unlearn.add_argument("--retain", metavar="FILE", nargs="+", required=True,
+                         help="files of the documents to keep (see dp2 base --train; each is checked for "
+                              "memorisation)")
+    unlearn.add_argument("--max-passes", type=int, default=None, metavar="N",
+                         help="at most N passes over the kept documents (default: the oracle recipe's cap)")
+    common(unlearn, "output directory: model/ and dp2.json")
+    add_format_options(unlearn)
+
+    compare = actions.add_parser("compare", help="DP2U, retraining and approximate methods side by side",
+                                 description="On the micro benchmark: the DP model, DP2U (it fine-tuned on the test "
+                                             "part's retain documents), retraining and approximate methods, scored "
+                                             "on the test part, with the compute each took.")
+    common(compare, "output directory: results.json, report.md")
+    dp_settings(compare)
+    add_method_option(compare, repeatable=True, default_help="the approximate methods run beside DP2U; default: "
+                                                           "BaseTeacher, KL; `--method none`: DP2U and retraining "
+                                                           "alone")
+    compare.add_argument("--methods", default=None, help=argparse.SUPPRESS)  # the old spelling, one release
+    compare.add_argument("--seeds", type=parse_int_list, default=[0, 1, 2],
+                         help="unlearning seeds (default 0,1,2)")
+    compare.add_argument("--cache-dir", metavar="DIR", help="model cache (see demo)")
+    add_generation_options(compare)
 
 
 def _dp_config(args):
+    """DPConfig from --dp key=value (and the old flags, with a note of what replaced them)."""
+    import sys
+
+    from obliviate.config import build, parse_key_values
     from obliviate.training.dp import DPConfig
 
-    return DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm, epochs=args.epochs,
-                    expected_batch_size=args.expected_batch_size, learning_rate=args.learning_rate,
-                    lora_rank=args.lora_rank, max_length=args.max_length, accountant=args.accountant,
-                    seed=args.seed)
+    values = parse_key_values(args.dp, source="--dp")
+    old = {name: getattr(args, f"old_{name}") for name in DP_OLD if getattr(args, f"old_{name}", None) is not None}
+    if old:
+        renamed = {("max_passes" if name == "epochs" else name): value for name, value in old.items()}
+        print(f"obliviate dp2: note: --{' --'.join(n.replace('_', '-') for n in old)} are the old spelling; use --dp "
+              + " ".join(f"{key}={value}" for key, value in renamed.items()), file=sys.stderr)
+        values = {**renamed, **values}
+    return build(DPConfig, values, "--dp")
 
 
 def run(args) -> int:
     from obliviate.io import check_output_dir
     from obliviate.studies import dp2
 
-    if args.out is None:
-        raise InputError(f"dp2 {args.action} needs --out", field="out")
     check_output_dir(args.out, args.overwrite)
     if args.action == "compare":
-        if args.format != "auto" or args.columns:
-            raise InputError("dp2 compare runs on the micro benchmark (LUME); --format and --columns are for the "
-                             "--train and --retain files of dp2 base and dp2 unlearn",
-                             field="format" if args.format != "auto" else "columns")
-        dp2.compare(dp2.Comparison(config=_dp_config(args), methods=csv_items(args.methods), seeds=args.seeds,
-                                   out=Path(args.out), cache_dir=args.cache_dir, max_new_tokens=args.max_new_tokens,
+        methods = method_entries(args, legacy=args.methods)
+        if methods is None:
+            methods = ["BaseTeacher", "KL"]
+        elif methods == ["none"]:
+            methods = []
+        dp2.compare(dp2.Comparison(config=_dp_config(args), methods=methods, seeds=args.seeds, out=Path(args.out),
+                                   cache_dir=args.cache_dir, max_new_tokens=args.max_new_tokens,
                                    batch_size=args.batch_size, overwrite=args.overwrite,
                                    command=command_line()), log=log_line)
         return 0
@@ -87,9 +119,6 @@ def run(args) -> int:
         from obliviate.models.loading import check_model_dir
         from obliviate.studies.targets import benchmark_from
 
-        if args.retain:
-            raise InputError("dp2 base trains on --train (every document); --retain is for dp2 unlearn",
-                             field="retain")
         model_dir = Path(args.model) if args.model and args.model != BUNDLED else bundled_base_dir()
         check_model_dir(model_dir)
         if args.train:
@@ -101,13 +130,6 @@ def run(args) -> int:
                      inputs=dp2.file_inputs({f"train{i}": Path(f) for i, f in enumerate(args.train or [])}),
                      command=command_line(), log=log_line)
         return 0
-    if not args.model:
-        raise InputError("dp2 unlearn needs --model: a `obliviate dp2 base` output directory", field="model")
-    if args.train:
-        raise InputError("dp2 unlearn reads only the documents to keep (--retain), never training files",
-                         field="train")
-    if not args.retain:
-        raise InputError("dp2 unlearn needs --retain: the documents to keep", field="retain")
     dp2.read_dp_record(Path(args.model))
     keep: dict[str, list] = {}
     for name, probes in _load_disjoint(args.retain, args, side="retain").items():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import sys
 
-from obliviate.commands._shared import add_format_options, add_generation_options, command_line
+from obliviate.commands._shared import METHOD_METAVAR, add_format_options, add_generation_options, command_line
 
 
 def add_parser(commands) -> None:
@@ -17,48 +19,46 @@ def add_parser(commands) -> None:
                     "weights w in [0,1]^N with sum m, the method's unlearning unrolled for --steps steps from the "
                     "original model with each document's forget loss weighted by w, and projected gradient "
                     "descent on w minimising the chosen documents' NLL after those steps; the m largest weights "
-                    "win. Writes every probe of the chosen documents to --out (LUME format) and "
-                    "<out stem>.selection.json beside it. Method options come as key=value after the flags.")
+                    "win. Writes OUT/forget.jsonl (every probe of the chosen documents, LUME format), "
+                    "OUT/rest.jsonl (the pool's other documents: a retain set for `obliviate unlearn`) and "
+                    "OUT/selection.json (the record).")
     forget_set.add_argument("--worst-case", metavar="M", type=int, required=True,
                             help="how many documents to choose")
-    forget_set.add_argument("--method", required=True,
-                            help="the unlearning method the set should resist (GradAscent, GradDiff, NPO, SimNPO)")
-    forget_set.add_argument("options", nargs="*", metavar="key=value",
-                            help="method or training options, as `obliviate unlearn` takes them")
+    forget_set.add_argument("--method", required=True, nargs="+", metavar=METHOD_METAVAR,
+                            help="the unlearning method the set should resist (GradAscent, GradDiff, NPO, SimNPO) "
+                                 "and its options, as `obliviate unlearn --method` takes them")
+    forget_set.add_argument("options", nargs="*", metavar="key=value", help=argparse.SUPPRESS)
     forget_set.add_argument("--pool", metavar="FILE", required=True,
                             help="the candidate documents' probes, in any format of unlearn --forget (see --format), "
                                  "or 'bundled': the micro benchmark's test part (forget and retain documents)")
-    forget_set.add_argument("--out", metavar="FILE", required=True,
-                            help="the forget set to write (.jsonl or .parquet); the record goes to "
-                                 "<stem>.selection.json beside it")
+    forget_set.add_argument("--out", metavar="DIR", required=True,
+                            help="output directory (forget.jsonl, rest.jsonl, selection.json)")
     forget_set.add_argument("--model", metavar="DIR",
                             help="the model to unlearn from (see unlearn --model; default: the micro benchmark's "
                                  "target)")
     forget_set.add_argument("--retain", metavar="FILE",
                             help="retain documents kept in every unlearning run, besides the pool's unchosen "
                                  "documents (see --pool)")
-    forget_set.add_argument("--rest", metavar="FILE",
-                            help="also write the pool's other documents here (a retain set for `obliviate unlearn`)")
-    forget_set.add_argument("--steps", type=int, default=defaults.unroll_steps,
-                            help=f"K, unlearning steps unrolled (default {defaults.unroll_steps})")
-    forget_set.add_argument("--iterations", type=int, default=defaults.iterations,
-                            help=f"projected gradient steps on the weights (default {defaults.iterations})")
-    forget_set.add_argument("--inner-lr", type=float, default=defaults.inner_lr,
-                            help=f"length of each unrolled, normalised step (default {defaults.inner_lr})")
-    forget_set.add_argument("--outer-lr", type=float, default=defaults.outer_lr,
-                            help=f"largest change of one weight per iteration (default {defaults.outer_lr})")
-    forget_set.add_argument("--unroll-layers", type=int, default=defaults.unroll_layers,
-                            help="the last decoder layers that move in the unrolled steps; 0: every weight "
-                                 f"(default {defaults.unroll_layers})")
-    forget_set.add_argument("--seed", type=int, default=defaults.seed,
-                            help=f"seed of the starting weights and of the random sets (default {defaults.seed})")
+    forget_set.add_argument("--selection", nargs="+", default=[], metavar="KEY=VALUE",
+                            help="the search's settings: unroll_steps (K, unlearning steps unrolled; default "
+                                 f"{defaults.unroll_steps}), iterations (projected gradient steps on the weights; "
+                                 f"{defaults.iterations}), inner_lr (length of each unrolled, normalised step; "
+                                 f"{defaults.inner_lr}), outer_lr (largest change of one weight per iteration; "
+                                 f"{defaults.outer_lr}), unroll_layers (the last decoder layers that move in the "
+                                 f"unrolled steps, 0: every weight; {defaults.unroll_layers}), seed (of the starting "
+                                 f"weights and of the random sets; {defaults.seed})")
+    # The old spellings, one release: --rest FILE, --steps, --iterations, --inner-lr, --outer-lr, --unroll-layers,
+    # --seed.
+    forget_set.add_argument("--rest", metavar="FILE", help=argparse.SUPPRESS)
+    for old, name in (("--steps", "unroll_steps"), ("--iterations", "iterations"), ("--inner-lr", "inner_lr"),
+                      ("--outer-lr", "outer_lr"), ("--unroll-layers", "unroll_layers"), ("--seed", "seed")):
+        forget_set.add_argument(old, dest=f"old_{name}", default=None, help=argparse.SUPPRESS)
     forget_set.add_argument("--compare-random", type=int, default=0, metavar="N",
                             help="then unlearn the chosen set and N random sets of the same size (the rest of the "
                                  "pool as retain) and print their scores side by side (default 0: no comparison)")
     forget_set.add_argument("--overwrite", action="store_true", help="replace --out (and its record) if they exist")
     add_format_options(forget_set)
-    add_generation_options(forget_set)
-    forget_set.set_defaults(batch_size=32)
+    add_generation_options(forget_set, batch_size=32)
 
 
 def run(args) -> int:
@@ -68,11 +68,21 @@ def run(args) -> int:
     from obliviate.data.rows import parse_columns
     from obliviate.studies.worst_case import ForgetSetRequest, comparison_table, record_path, run_forget_set
 
+    from obliviate.config import build
+    from obliviate.studies.worst_case import SelectionSettings
+
+    settings = parse_key_values(args.selection, source="--selection")
+    old = {name[4:]: value for name, value in vars(args).items() if name.startswith("old_") and value is not None}
+    if old:
+        print("obliviate forget-set: note: --steps, --inner-lr and the like are the old spelling; use --selection "
+              + " ".join(f"{key}={value}" for key, value in old.items()), file=sys.stderr)
+        settings = {**old, **settings}
+    settings = {key: value for key, value in dataclasses.asdict(build(
+        SelectionSettings, {"size": args.worst_case, **settings}, "--selection")).items() if key != "size"}
     request = ForgetSetRequest(
-        size=args.worst_case, method=args.method, pool=args.pool, out=args.out,
-        options=parse_key_values(args.options), model=args.model, retain=args.retain, rest=args.rest,
-        settings={"unroll_steps": args.steps, "iterations": args.iterations, "inner_lr": args.inner_lr,
-                  "outer_lr": args.outer_lr, "unroll_layers": args.unroll_layers, "seed": args.seed},
+        size=args.worst_case, method=args.method[0], pool=args.pool, out=args.out,
+        options=parse_key_values(args.method[1:] + list(args.options or [])), model=args.model, retain=args.retain,
+        rest=args.rest, settings=settings,
         compare_random=args.compare_random, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         overwrite=args.overwrite, command=command_line(), format=args.format, columns=parse_columns(args.columns))
     record = run_forget_set(request, log=lambda message: print(message, file=sys.stderr, flush=True))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 from pathlib import Path
 
-from obliviate.commands._shared import (add_format_options, command_line, csv_items, log_line, parse_int_list,
-                                        resolve_data_dir)
+from obliviate.commands._shared import (add_format_options, add_method_option, command_line, log_line, method_entries,
+                                        parse_int_list, resolve_data_dir)
 from obliviate.errors import InputError
 
 
@@ -22,9 +24,8 @@ def add_parser(commands) -> None:
                     "the model answers as the clean model (recovered), as the corrupted one (corrupted) or "
                     "neither. Writes OUT/results.json, OUT/report.md, OUT/facts.json, OUT/judgements.jsonl.")
     restor.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    restor.add_argument("--methods", default=",".join(RESTOR_METHODS),
-                        help="comma-separated methods, each NAME or NAME:key=value:... as demo --methods "
-                             f"(default: {','.join(RESTOR_METHODS)})")
+    add_method_option(restor, repeatable=True, default_help="default: " + ", ".join(RESTOR_METHODS))
+    restor.add_argument("--methods", default=None, help=argparse.SUPPRESS)  # the old spelling, one release
     restor.add_argument("--seeds", default="0,1,2", type=parse_int_list,
                         help="unlearning seeds per method (default 0,1,2)")
     restor.add_argument("--facts", type=int, default=None,
@@ -41,11 +42,13 @@ def add_parser(commands) -> None:
                              f"--rouge-threshold (default {defaults.judge})")
     restor.add_argument("--rouge-threshold", type=float, default=defaults.rouge_threshold,
                         help=f"for --judge rouge (default {defaults.rouge_threshold})")
-    restor.add_argument("--corruption-passes", type=int, default=defaults.corruption_passes,
-                        help="at most this many passes of corruption fine-tuning (default "
-                             f"{defaults.corruption_passes})")
-    restor.add_argument("--corruption-lr", type=float, default=defaults.corruption_learning_rate,
-                        help=f"peak learning rate of the corruption (default {defaults.corruption_learning_rate})")
+    restor.add_argument("--corruption", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="the corruption fine-tuning: max_passes (at most this many passes; default "
+                             f"{defaults.corruption_passes}), learning_rate (its peak; default "
+                             f"{defaults.corruption_learning_rate})")
+    restor.add_argument("--corruption-passes", dest="old_passes", type=int, default=None,
+                        help=argparse.SUPPRESS)  # the old spellings, one release
+    restor.add_argument("--corruption-lr", dest="old_lr", type=float, default=None, help=argparse.SUPPRESS)
     restor.add_argument("--model", metavar="DIR",
                         help="the clean model (default: the micro benchmark's target); with --data")
     restor.add_argument("--data", metavar="DIR",
@@ -66,20 +69,49 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from obliviate.data.rows import parse_columns
+    from obliviate.studies.restor import DEFAULT_METHODS as RESTOR_METHODS
     from obliviate.studies.restor import RestorSettings, run_restor
 
     if (args.model is None) != (args.data is None):
         raise InputError("--model and --data go together (the clean model and the documents it knows)",
                          field="model" if args.model is None else "data")
     settings = RestorSettings(
-        methods=csv_items(args.methods), seeds=args.seeds, facts=args.facts, fact_seed=args.fact_seed, part=args.part,
-        judge=args.judge, rouge_threshold=args.rouge_threshold, corruption_passes=args.corruption_passes,
-        corruption_learning_rate=args.corruption_lr, max_new_tokens=args.max_new_tokens,
+        methods=method_entries(args, legacy=args.methods) or list(RESTOR_METHODS), seeds=args.seeds,
+        facts=args.facts, fact_seed=args.fact_seed, part=args.part,
+        judge=args.judge, rouge_threshold=args.rouge_threshold,
+        **_corruption(args), max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size)
     run_restor(settings, out=args.out, overwrite=args.overwrite, model=args.model, data=_restor_data(args.data),
                data_format=args.format, columns=parse_columns(args.columns), base=args.base, cache_dir=args.cache_dir,
                command=command_line(), log=log_line)
     return 0
+
+
+def _corruption(args) -> dict:
+    """RestorSettings' corruption fields from --corruption max_passes=N learning_rate=X (or the old flags)."""
+    from obliviate.config import parse_key_values
+
+    values = parse_key_values(args.corruption, source="--corruption")
+    unknown = set(values) - {"max_passes", "learning_rate"}
+    if unknown:
+        raise InputError(f"unknown option {sorted(unknown)[0]!r} (known: max_passes, learning_rate)",
+                         path="--corruption", field=sorted(unknown)[0])
+    settings = {}
+    if args.old_passes is not None or args.old_lr is not None:
+        log_line("obliviate restor: note: --corruption-passes and --corruption-lr are the old spelling; use "
+                 "--corruption max_passes=N learning_rate=X")
+        if args.old_passes is not None:
+            settings["corruption_passes"] = args.old_passes
+        if args.old_lr is not None:
+            settings["corruption_learning_rate"] = args.old_lr
+    try:
+        if "max_passes" in values:
+            settings["corruption_passes"] = int(values["max_passes"])
+        if "learning_rate" in values:
+            settings["corruption_learning_rate"] = float(values["learning_rate"])
+    except ValueError as error:
+        raise InputError(f"expected a number ({error})", path="--corruption") from None
+    return settings
 
 
 def _restor_data(value: str | None) -> Path | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from obliviate.commands._shared import EXIT_COLLAPSED, add_format_options, command_line, log_line, resolve_probe_file
+from obliviate.commands._shared import (EXIT_COLLAPSED, METHOD_METAVAR, add_format_options, command_line, log_line,
+                                        resolve_probe_file)
 from obliviate.errors import InputError
 
 
@@ -25,13 +26,14 @@ def add_parser(commands) -> None:
                          help="retain set, in the same formats as --forget, or 'bundled'; required by methods that "
                               "use retain data")
     add_format_options(unlearn)
-    unlearn.add_argument("--method", default=None,
-                         help="method name, e.g. NPO (see `obliviate methods`); default: the default recipe, "
-                              "AntiExpert with calibrate=true, which needs --base")
+    unlearn.add_argument("--method", nargs="+", default=None, metavar=METHOD_METAVAR,
+                         help="a method and its options, e.g. --method NPO beta=0.1 max_steps=40 (`obliviate methods` "
+                              "lists them); default: the default recipe, AntiExpert with calibrate=true, which needs "
+                              "--base")
     unlearn.add_argument("--config", metavar="YAML", help="method and training options as a YAML mapping")
     unlearn.add_argument("options", nargs="*", metavar="key=value",
-                         help="method or training options, e.g. beta=0.2 learning_rate=1e-4 max_steps=40; "
-                              "they override --config")
+                         help="more method or training options, anywhere on the line (they and those after "
+                              "--method override --config)")
     unlearn.add_argument("--out", metavar="DIR", required=True,
                          help="output directory: DIR/model (safetensors checkpoint) and DIR/run.json; a run the "
                               "gate calls collapsed or diverged writes DIR/model-collapsed (-diverged) and exits 3")
@@ -75,15 +77,16 @@ def run(args) -> int:
     check_output_dir(args.out, args.overwrite)
     check_model_dir(args.model)
     values = load_yaml(args.config) if args.config else {}
-    values.update(parse_key_values(args.options))
-    if args.method is None:
+    name, *method_options = args.method or [None]
+    values.update(parse_key_values(method_options + list(args.options or [])))
+    if name is None:
         from obliviate.methods import DEFAULT_METHOD
 
         if not args.base:
             raise InputError(f"the default recipe ({DEFAULT_METHOD}) needs --base: the pretrained model --model was "
                              "fine-tuned from; without one, name a method (e.g. --method NPO)", field="base")
-        args.method = DEFAULT_METHOD
-    run_plan = plan(args.method, values, source=args.config or "command line")
+        name = DEFAULT_METHOD
+    run_plan = plan(name, values, source=args.config or "command line")
     method_cls = get_method(run_plan.method_name)
     forget_path, retain_path = resolve_probe_file(args.forget, "forget"), resolve_probe_file(args.retain, "retain")
     columns = parse_columns(args.columns)

@@ -208,13 +208,14 @@ def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], di
 
 
 def method_entry(entry: str):
-    """A method with options changed: ``NAME`` or ``NAME:key=value:key=value`` (``GradDiff:prune=0.5``), planned
-    and validated; the entry is the row's name."""
+    """A method with options changed, ``NAME key=value ...`` (``GradDiff prune=0.5``, as ``--method`` takes
+    it; ``NAME:key=value:...`` is the old spelling), planned and validated; the entry is the row's name."""
     from obliviate.config import parse_key_values
     from obliviate.training.unlearn import plan
 
-    name, *options = entry.split(":")
-    return plan(name, parse_key_values(options, source=f"--methods {entry}"), source=f"--methods {entry}")
+    name, *options = entry.split() if " " in entry.strip() else entry.split(":")
+    source = "--method " + " ".join([name, *options])
+    return plan(name, parse_key_values(options, source=source), source=source)
 
 
 def _needs_base(name: str) -> bool:

@@ -212,7 +212,7 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
     del oracle
     dp_loaded = load_model(dp_dir / "model", device="cpu")
     add(f"DP model (eps {dp_record['epsilon_spent']:.1f})", score("dp", dp_loaded.model, dp_loaded.tokenizer),
-        dp_record["train_seconds"], {"steps": dp_record["steps"], "passes": dp_record["dp"]["epochs"]})
+        dp_record["train_seconds"], {"steps": dp_record["steps"], "passes": dp_record["dp"]["max_passes"]})
     del dp_loaded
     dp2u, dp2u_record = retrain(dp_dir / "model", micro.tokenizer, keep, recipe, teacher_dir=base_dir,
                                 replay=replay, desc="DP2U fine-tuning on retain")

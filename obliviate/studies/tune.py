@@ -10,7 +10,7 @@ The test part is written to ``OUT/test`` for the final evaluation, which must no
 a setting picked on the documents it is then scored on would report an optimistic number.
 
 The search. A grid (each searched option's values; by default 0.5x, 1x and 2x the method's tuned learning
-rate and ``*_weight`` options, 0.5x, 1x and 1.5x its steps; ``--space key=v1,v2`` replaces or adds a
+rate and ``*_weight`` options, 0.5x, 1x and 1.5x its steps; ``key=v1,v2`` after ``--method NAME`` replaces or adds a
 dimension) is visited in a random order fixed by ``--seed``, the method's defaults first when they are on the
 grid; the first ``--trials`` points are the trials. The order does not depend on ``--trials``, so a longer
 search extends a shorter one. ``max_steps`` counts steps on the test part (the data the chosen options are
@@ -153,7 +153,7 @@ def _clean(value: float) -> float:
 
 
 def parse_space(method: str, items: Sequence[str], base: dict[str, list] | None = None) -> dict[str, list]:
-    """Apply ``--space key=v1,v2,...`` overrides to ``base`` (default: :func:`default_space`).
+    """Apply ``key=v1,v2,...`` overrides (given after ``--method NAME``) to ``base`` (default: :func:`default_space`).
 
     Each key must be a method or training option; each value is converted to that option's type and checked
     by the option's own validation, so a bad value fails here, naming the field, before any model loads.
@@ -169,19 +169,19 @@ def parse_space(method: str, items: Sequence[str], base: dict[str, list] | None 
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise InputError(f"expected key=v1,v2,..., got {item!r}", path="--space")
+            raise InputError(f"expected key=v1,v2,..., got {item!r}", path="--method")
         if key not in hints:
-            raise InputError(f"unknown option{suggest(key, hints)}", path="--space", field=key)
+            raise InputError(f"unknown option{suggest(key, hints)}", path="--method", field=key)
         raw = [v.strip() for v in text.split(",")]
         if not raw or any(v == "" for v in raw):
-            raise InputError(f"expected a comma-separated list of values, got {text!r}", path="--space", field=key)
+            raise InputError(f"expected a comma-separated list of values, got {text!r}", path="--method", field=key)
         values = []
         for value in raw:
-            typed = coerce(value, hints[key], key, "--space")
+            typed = coerce(value, hints[key], key, "--method")
             try:
-                plan(method, {key: typed}, source="--space")
+                plan(method, {key: typed}, source="--method")
             except InputError as error:
-                raise InputError(f"{value!r}: {error.message}", path="--space", field=key) from None
+                raise InputError(f"{value!r}: {error.message}", path="--method", field=key) from None
             if typed not in values:
                 values.append(typed)
         space[key] = values
@@ -357,7 +357,7 @@ def run_search(setup: SearchSetup) -> SearchResult:
         recorded = read_trials(trials_path)
         records, ran = [], 0
         for index, values in enumerate(points):
-            run_plan = plan(setup.method, values, source="--space")
+            run_plan = plan(setup.method, values, source="--method")
             resolved = run_plan.options()
             key = trial_key(setup.method, resolved)
             if key in recorded:

@@ -72,10 +72,6 @@ from obliviate.errors import InputError
 UNMODELLED_TRAINING = ("prune", "l1_weight", "mask", "lora", "train_params", "train_layers")
 
 
-# The command-line option of each setting, for error messages.
-OPTION_NAMES = {"size": "worst-case", "unroll_steps": "steps", "iterations": "iterations", "batch_size": "batch-size",
-                "inner_lr": "inner-lr", "outer_lr": "outer-lr", "unroll_layers": "unroll-layers", "seed": "seed"}
-
 
 @dataclass(frozen=True)
 class SelectionSettings:
@@ -91,12 +87,12 @@ class SelectionSettings:
     def __post_init__(self):
         for name in ("size", "unroll_steps", "iterations", "batch_size"):
             if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=OPTION_NAMES[name])
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field="worst-case" if name == "size" else name)
         for name in ("inner_lr", "outer_lr"):
             if not getattr(self, name) > 0:
-                raise InputError(f"must be > 0, got {getattr(self, name)}", field=OPTION_NAMES[name])
+                raise InputError(f"must be > 0, got {getattr(self, name)}", field="worst-case" if name == "size" else name)
         if self.unroll_layers < 0:
-            raise InputError(f"must be >= 0, got {self.unroll_layers}", field="unroll-layers")
+            raise InputError(f"must be >= 0, got {self.unroll_layers}", field="unroll_layers")
 
 
 # ------------------------------------------------------------------------------------------- projection
@@ -468,8 +464,11 @@ def check_output_file(path: str | Path, overwrite: bool, field_name: str = "out"
 
 
 def record_path(out: str | Path) -> Path:
-    """The selection's JSON record, beside the forget set: ``worst.jsonl`` -> ``worst.selection.json``."""
+    """The selection's JSON record: ``OUT/selection.json``, or with the old file spelling of ``--out``, beside the
+    forget set (``worst.jsonl`` -> ``worst.selection.json``)."""
     out = Path(out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        return out / "selection.json"
     return out.with_name(out.stem + ".selection.json")
 
 
@@ -694,13 +693,19 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
     run_plan = plan(request.method, request.options)
     check_method(run_plan)
     settings = SelectionSettings(size=request.size, **request.settings)
-    out = check_output_file(request.out, request.overwrite)
-    record_file = record_path(out)
-    if record_file.exists() and not request.overwrite:
-        raise InputError("file exists (pass --overwrite to replace it)", path=record_file, field="out")
-    rest_file = check_output_file(request.rest, request.overwrite, "rest") if request.rest else None
-    if rest_file is not None and rest_file.resolve() == out.resolve():
-        raise InputError("--rest and --out name the same file", path=rest_file, field="rest")
+    legacy = Path(request.out).suffix in (".jsonl", ".parquet")  # the old spelling: --out names the forget file
+    if legacy:
+        out = check_output_file(request.out, request.overwrite)
+        record_file = record_path(out)
+        if record_file.exists() and not request.overwrite:
+            raise InputError("file exists (pass --overwrite to replace it)", path=record_file, field="out")
+        rest_file = check_output_file(request.rest, request.overwrite, "rest") if request.rest else None
+        if rest_file is not None and rest_file.resolve() == out.resolve():
+            raise InputError("--rest and --out name the same file", path=rest_file, field="rest")
+    else:
+        from obliviate.io import check_output_dir
+
+        out = check_output_dir(request.out, request.overwrite)
     if request.compare_random < 0:
         raise InputError(f"must be >= 0, got {request.compare_random}", field="compare-random")
     if request.pool == BUNDLED:
@@ -755,8 +760,18 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
                                          batch_size=request.batch_size, control=lowest_loss(selection), log=log)
         record["comparison"] = comparison
     chosen = set(selection.chosen)
+    forget_rows = [p for doc in selection.chosen for p in documents[doc]]
+    rest_rows = [p for doc, probes in documents.items() if doc not in chosen for p in probes]
+    if not legacy:
+        from obliviate.io import atomic_output_dir
+
+        with atomic_output_dir(out, overwrite=request.overwrite) as tmp:
+            write_json_atomic(tmp / "selection.json", record)
+            write_probes_atomic(tmp / "forget.jsonl", forget_rows)
+            write_probes_atomic(tmp / "rest.jsonl", rest_rows)
+        return record
     write_json_atomic(record_file, record)
-    write_probes_atomic(out, [p for doc in selection.chosen for p in documents[doc]])
+    write_probes_atomic(out, forget_rows)
     if rest_file is not None:
-        write_probes_atomic(rest_file, [p for doc, probes in documents.items() if doc not in chosen for p in probes])
+        write_probes_atomic(rest_file, rest_rows)
     return record

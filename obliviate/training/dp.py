@@ -4,7 +4,7 @@ DP-SGD (Abadi et al. 2016) as opacus implements it: each step samples a batch by
 example independently with probability ``q = 1 / ceil(N / expected_batch_size)``, as opacus' loader draws), computes one gradient per example,
 clips each to L2 norm ``max_grad_norm``, sums them, adds Gaussian noise of standard deviation
 ``noise_multiplier * max_grad_norm`` and divides by the expected batch size. The noise multiplier is the
-smallest that keeps the whole run, ``epochs / q`` steps, within ``(epsilon, delta)`` by the chosen accountant
+smallest that keeps the whole run, ``max_passes / q`` steps, within ``(epsilon, delta)`` by the chosen accountant
 (RDP by default); the epsilon the accountant reports after training is recorded beside the target.
 
 The privacy unit is a **document**: all rows of one LUME document (its sentence-completion text and its
@@ -38,7 +38,7 @@ class DPConfig:
     epsilon: float = 8.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    epochs: int = 20
+    max_passes: int = 20  # expected passes over the documents (Poisson sampling)
     expected_batch_size: int = 16
     learning_rate: float = 1e-3
     lora_rank: int = 0  # 0: every weight is trained
@@ -66,7 +66,7 @@ def check_config(config: DPConfig, examples: int) -> float:
     for name, value in positive.items():
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise InputError(f"must be a positive number, got {value!r}", field=name)
-    for name in ("epochs", "expected_batch_size", "max_length"):
+    for name in ("max_passes", "expected_batch_size", "max_length"):
         if getattr(config, name) < 1:
             raise InputError(f"must be >= 1, got {getattr(config, name)}", field=name)
     if config.lora_rank < 0:
@@ -94,7 +94,7 @@ def sampling(config: DPConfig, examples: int) -> tuple[float, int]:
     """(sample rate, steps) of the run: opacus' Poisson loader draws ``ceil(N / expected_batch_size)``
     batches per epoch, each example with probability one over that count."""
     batches = math.ceil(examples / config.expected_batch_size)
-    return 1 / batches, config.epochs * batches
+    return 1 / batches, config.max_passes * batches
 
 
 def check_wrappable(model) -> None:
@@ -208,8 +208,8 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
             max_grad_norm=config.max_grad_norm, poisson_sampling=True,
             noise_generator=torch.Generator().manual_seed(config.seed + 1))
         steps, skipped, history = 0, 0, []
-        with progress_bar(total=config.epochs, desc=desc, unit="epoch") as bar:
-            for epoch in range(1, config.epochs + 1):
+        with progress_bar(total=config.max_passes, desc=desc, unit="pass") as bar:
+            for epoch in range(1, config.max_passes + 1):
                 total, count = 0.0, 0
                 for input_ids, mask in loader:
                     if input_ids.size(0) == 0:

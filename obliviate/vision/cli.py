@@ -12,9 +12,22 @@ def add_parser(commands) -> None:
     for module in ("laf", "adu"):
         try:
             register = __import__(f"obliviate.vision.{module}_cli", fromlist=["register"]).register
-        except ImportError:
+        except ImportError as error:  # the command stays, and says why it cannot run
+            _unavailable(systems, module, error)
             continue
         register(systems)
+
+
+def _unavailable(systems, name: str, error: ImportError) -> None:
+    parser = systems.add_parser(name, help=f"unavailable here: {error}", add_help=True)
+    parser.add_argument("rest", nargs="*", help="(ignored)")
+
+    def refuse(args) -> int:
+        from obliviate.errors import InputError
+
+        raise InputError(f"obliviate vision {name} cannot run: {error}", field="vision")
+
+    parser.set_defaults(func=refuse)
 
 
 def run(args) -> int:
@@ -122,6 +135,72 @@ def apply_overrides(configs: dict[str, object], overrides: list[str], *, may_be_
         if check is not None:
             check(configs[section], name, section)
     return configs
+
+
+def add_method_options(parser, methods: tuple[str, ...], default: str, original_help: str) -> None:
+    """The grammar every command follows: ``--method NAME key=value ...`` (repeatable) picks the methods and sets
+    each one's options; ``--original key=value ...`` sets how the original model is trained. The old spellings,
+    ``--methods A,B`` and ``--set SECTION.KEY=VALUE``, are taken for one release."""
+    import argparse
+
+    parser.add_argument("--method", action="append", nargs="+", metavar=("NAME", "KEY=VALUE"), default=None,
+                        help=f"a method to run and its options, repeatable; from {', '.join(methods)} (default "
+                             f"{default.replace(',', ', ')}); the original model is always a row")
+    parser.add_argument("--original", nargs="+", default=[], metavar="KEY=VALUE", help=original_help)
+    parser.add_argument("--methods", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
+
+
+def method_choices(args, default: str, known, sections: dict[str, str | None], original: dict[str, str],
+                   configs: dict[str, object]) -> tuple[tuple[str, ...], list[str]]:
+    """(the methods to run, their options as ``SECTION.KEY=VALUE`` overrides) from ``--method``/``--original``
+    (and the old ``--methods``/``--set``). ``sections``: method -> the config section its options set (None: it
+    takes none); ``original``: each field of the original model's sections -> its section."""
+    import dataclasses
+    import sys
+
+    from obliviate.errors import InputError
+
+    overrides: list[str] = []
+    names: list[str] = []
+    if args.methods is not None or args.overrides:
+        print(f"obliviate vision {args.vision_command}: note: --methods A,B and --set SECTION.KEY=VALUE are the old "
+              "spelling; use --method NAME key=value ... and --original key=value ...", file=sys.stderr)
+        names += list(known_items(args.methods, "methods", known)) if args.methods is not None else []
+        overrides += list(args.overrides)
+    for group in args.method or []:
+        name, *options = group
+        names += list(known_items(name, "method", known))
+        section = sections.get(name)
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep:
+                raise InputError(f"expected key=value after --method {name}, got {option!r}", field="method")
+            if section is None:
+                raise InputError(f"{name} takes no options of its own (it follows the original model's recipe: "
+                                 "--original)", field="method")
+            fields = {f.name for f in dataclasses.fields(configs[section])}
+            if key not in fields:
+                import difflib
+
+                near = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise InputError(f"{name} has no option {key!r}{hint}", field="method")
+            overrides.append(f"{section}.{key}={value}")
+    for option in args.original:
+        key, sep, value = option.partition("=")
+        if not sep or key not in original:
+            import difflib
+
+            near = difflib.get_close_matches(key, list(original), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"unknown --original option {option!r}{hint}; known: {', '.join(original)}",
+                             field="original")
+        overrides.append(f"{original[key]}.{key}={value}")
+    if len(set(names)) != len(names):
+        raise InputError("a method is named twice", field="method")
+    chosen = tuple(names) if names else tuple(known_items(default, "method", known))
+    return chosen, overrides
 
 
 def write_report(directory: Path, markdown: str) -> None:

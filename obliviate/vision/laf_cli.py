@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from obliviate.errors import InputError
-from obliviate.vision.cli import apply_overrides, item_list, known_items, parse_seeds, write_report
+from obliviate.vision.cli import (add_method_options, apply_overrides, item_list, method_choices, parse_seeds,
+                                  write_report)
 
 DEFAULT_FORGETS = "class:3,random:0.1,noisy:0.2"
 SECTIONS = ("cnn", "train", "laf", "baselines")
@@ -33,14 +34,11 @@ def register(subparsers) -> None:
                         help="comma-separated forget requests: class:C (every training image of class C), "
                              "random:F (a random fraction F of them), noisy:F (a fraction F of labels flipped before "
                              f"training; forget the flipped ones) (default {DEFAULT_FORGETS})")
-    parser.add_argument("--methods", default=",".join(methods),
-                        help=f"comma-separated, from {', '.join(methods)} (default all); the original model is "
-                             "always a row")
+    add_method_options(parser, methods, ",".join(methods),
+                       original_help="the original CNN and its training (retraining follows it): the fields of "
+                                     "obliviate.vision.laf.CNNConfig and TrainConfig, e.g. --original epochs=5")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds: each draws the forget set and "
                                                          "trains its own original model (default 0,1,2)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change a default, e.g. --set train.epochs=5 --set laf.temperature=10; sections: "
-                             f"{', '.join(SECTIONS)} (repeatable)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction per class (default 0.2)")
     parser.add_argument("--cache-dir", metavar="DIR", help="trained models are kept here (default "
                                                            "$OBLIVIATE_CACHE_DIR/vision/laf or "
@@ -50,10 +48,19 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_methods(text: str) -> tuple[str, ...]:
-    from obliviate.vision.laf_experiment import ExperimentConfig
+# Each method's options: LAF's (both variants) and the supervised baselines' sections; retraining follows the
+# original model's recipe.
+METHOD_SECTIONS = {"laf": "laf", "laf+r": "laf", "finetune": "baselines", "ga": "baselines", "randlabel": "baselines",
+                   "retrain": None}
 
-    return known_items(text, "methods", ExperimentConfig.methods)
+
+def _original_fields() -> dict[str, str]:
+    import dataclasses
+
+    from obliviate.vision import laf as L
+
+    return {f.name: section for section, config in (("cnn", L.CNNConfig), ("train", L.TrainConfig))
+            for f in dataclasses.fields(config)}
 
 
 MAY_BE_ZERO = frozenset({"weight_decay", "kld_weight"})
@@ -73,11 +80,11 @@ def run(args) -> int:
                                                  run_experiment)
 
     forgets = tuple(parse_forget(item) for item in item_list(args.forget, "forget"))
-    methods = parse_methods(args.methods)
+    defaults = {"cnn": L.CNNConfig(), "train": L.TrainConfig(), "laf": L.LAFConfig(), "baselines": L.BaselineConfig()}
+    methods, overrides = method_choices(args, ",".join(ExperimentConfig.methods), ExperimentConfig.methods,
+                                        METHOD_SECTIONS, _original_fields(), defaults)
     seeds = parse_seeds(args.seeds)
-    configs = apply_overrides({"cnn": L.CNNConfig(), "train": L.TrainConfig(), "laf": L.LAFConfig(),
-                               "baselines": L.BaselineConfig()}, args.overrides, may_be_zero=MAY_BE_ZERO,
-                              check=_check_laf)
+    configs = apply_overrides(defaults, overrides, may_be_zero=MAY_BE_ZERO, check=_check_laf)
     if not 0.0 < args.test_fraction < 1.0:
         raise InputError(f"must be in (0, 1), got {args.test_fraction}", field="test-fraction")
     if args.out:

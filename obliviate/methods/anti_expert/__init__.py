@@ -6,13 +6,16 @@ added. The target is that plus what fine-tuning on the forget set added. This me
 directly, on the base, and subtracts it in logit space:
 
 1. *Anti-expert*: a copy of the pretrained base the target was fine-tuned from, fine-tuned on the forget rows
-   (NLL), with ``retain_weight * KL(p_base || p_expert)`` on the retain rows so that it stays the base on text
-   it is not meant to learn. Training stops once the anti-expert knows the forget documents as well as the
-   target does (its mean loss on them at or below the target's, checked once per pass over the forget rows), or
-   at ``max_steps``.
+   (NLL), with ``retain_weight * KL(p_base || p_expert)`` on the retain rows and on ``replay`` generic texts
+   per forget row (the bundled corpus, ``obliviate.training.gate.replay_texts``) so that it stays the base on
+   text it is not meant to learn: the target's own recipe (fine-tuning with pretraining text replayed under KL to
+   the base), applied to the forget set alone. Warm-up, then cosine decay of the rate. Training stops once the
+   anti-expert knows the forget documents as well as the target does (its mean loss on them at or below the
+   target's, checked once per pass over the forget rows), or at ``max_steps``.
 2. *Offset* at inference (``model.py``)::
 
-       l = l_target + expert_weight * (log p_base - log p_expert)
+       l = l_target + expert_weight * min(0, log p_base - log p_expert)      (offset="suppress", the default)
+       l = l_target + expert_weight * (log p_base - log p_expert)            (offset="full")
 
    On the forget documents the target and the anti-expert both know the text, so the combination gives roughly
    the base's prediction: text the model never saw. On text the anti-expert never learnt, base and anti-expert
@@ -21,7 +24,9 @@ directly, on the base, and subtracts it in logit space:
    with Experts and Anti-Experts", ACL) with the base as the expert and the base fine-tuned on the forget set as
    the anti-expert, applied to the target; ULD (Ji et al., 2024) and offset unlearning (Huang et al., 2024,
    "Offset Unlearning for Large Language Models") also unlearn with a logit offset, learnt from a reversed
-   objective instead of from the base.
+   objective instead of from the base. Deviation from DExperts: by default only the tokens the anti-expert
+   learnt to expect are lowered (the offset's negative part); the full log-ratio also raises whatever the
+   anti-expert unlearnt while memorising, noise on text outside the forget set.
 3. *Calibration* (``calibrate=true``, the default): ``expert_weight`` is chosen so that the forget documents'
    mean loss under the combination equals their mean reference (``obliviate.training.calibration``: the base's
    loss on each document plus the drift that calibration documents, text no model saw, show under the
@@ -39,6 +44,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass
+from typing import Literal
 
 from obliviate.errors import InputError
 from obliviate.losses import kl_divergence, mean_nll
@@ -47,22 +53,36 @@ from obliviate.methods._shared import logits_of, require_non_negative, require_p
 
 @dataclass
 class AntiExpertConfig:
-    # w in l_target + w * (log p_base - log p_expert); with calibrate=true, chosen on the forget documents.
+    # w in l_target + w * (log p_reference - log p_expert); with calibrate=true, chosen on the forget documents.
     expert_weight: float = 1.0
     max_expert_weight: float = 4.0  # the calibration's search interval is [0, max_expert_weight]
-    retain_weight: float = 1.0  # KL(p_base || p_expert) on retain rows while the anti-expert learns the forget rows
+    # What the anti-expert is compared with. "base": the pretrained base itself, the anti-expert learning the
+    # forget rows with retain_weight * KL(p_base || p_expert) on the retain rows. "retain": a twin of the base
+    # that learns the retain rows while the anti-expert learns the forget and the retain rows, for as many steps:
+    # what the two share (the style of the documents, the retain documents) cancels in the offset, and what is
+    # left is what learning the forget set adds.
+    reference: Literal["base", "retain"] = "base"
+    retain_weight: float = 1.0  # reference="base": the KL to the base on retain rows and replayed texts
+    # reference="base": generic texts (obliviate.training.gate.replay_texts) per forget row, held to the base
+    # under the same KL beside the retain rows, so that the anti-expert learns the forget documents and nothing
+    # else; 0: the retain rows alone.
+    replay: float = 4.0
+    # "suppress": the offset only lowers tokens the anti-expert believes more than the reference; "full": the
+    # whole log-ratio (model.py).
+    offset: Literal["full", "suppress"] = "suppress"
     relative_top: float = 0.0  # generation keeps to the target's relative-top set (0: every token)
 
     def __post_init__(self):
         from obliviate.methods.anti_expert.model import check_options
 
-        check_options(self.expert_weight, self.relative_top)
+        check_options(self.expert_weight, self.relative_top, self.offset)
         require_positive(self, "max_expert_weight")
-        require_non_negative(self, "retain_weight")
+        require_non_negative(self, "retain_weight", "replay")
 
 
 class LearnForget:
-    """The anti-expert's loss for ``train_with``: NLL descent on forget rows, KL to the base on retain rows."""
+    """The anti-expert's loss for ``train_with``: NLL descent on forget rows, KL to the base on the retain side
+    (retain rows and replayed generic texts)."""
 
     needs_retain = True
     needs_reference = None
@@ -82,6 +102,45 @@ class LearnForget:
         retain_kl = kl_divergence(base_logits, logits_of(model, batch, "retain"), batch["retain_labels"])
         return forget_nll + self.retain_weight * retain_kl, {"forget_nll": forget_nll.item(),
                                                              "retain_kl_to_base": retain_kl.item()}
+
+
+class LearnBoth:
+    """The anti-expert's loss with ``reference="retain"``: NLL descent on forget and retain rows alike."""
+
+    needs_retain = True
+    needs_reference = None
+
+    def loss(self, model, batch, reference_model=None):
+        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        return forget_nll + retain_nll, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
+
+
+class LearnRows:
+    """The reference twin's loss with ``reference="retain"``: NLL descent on its rows (given as the forget side of
+    the batch, the retain rows)."""
+
+    needs_retain = False
+    needs_reference = None
+
+    def loss(self, model, batch, reference_model=None):
+        nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        return nll, {"retain_nll": nll.item()}
+
+
+def replay_probes(forget, retain, count: int, seed: int) -> list:
+    """``count`` generic texts (``obliviate.training.gate.replay_texts``) as sentence-completion rows, every token
+    labelled, for the retain side of the anti-expert's training."""
+    from obliviate.data.records import Probe
+    from obliviate.training.gate import replay_texts
+
+    if count <= 0:
+        return []
+    rows = []
+    for index, text in enumerate(replay_texts([p.training_text for p in list(forget) + list(retain)], count, seed)):
+        first, _, rest = text.partition(" ")
+        rows.append(Probe(id=f"replay-{index}sc1", task="replay", input=first, output=rest, split="replay"))
+    return rows
 
 
 def document_losses_under(model, tokenizer, texts: list[str], batch_size: int = 8) -> list[float]:
@@ -136,7 +195,8 @@ class AntiExpert:
     calibrates = True  # calibrate=true chooses expert_weight (a procedure: see unlearn)
     # The anti-expert's training: the micro benchmark's fine-tuning rate; max_steps is a cap (training stops once
     # it knows the forget documents as well as the target).
-    training_defaults = {"learning_rate": 1e-3, "max_steps": 400, "calibrate": True}
+    training_defaults = {"learning_rate": 1e-3, "max_steps": 400, "lr_scheduler": "cosine", "warmup_steps": 10,
+                         "calibrate": True}
     wrapper_result = True  # its result is a wrapper model (obliviate.models.wrappers), not new weights
     training_runs = 1
 
@@ -160,16 +220,33 @@ class AntiExpert:
         rows_per_step = settings.batch_size * settings.gradient_accumulation_steps
         every = max(1, math.ceil(len(forget) / rows_per_step))
         stop = KnowsAsWellAs(texts, tokenizer, target_loss, every)
-        record = train_with(LearnForget(self.config.retain_weight), expert, tokenizer, forget, retain,
-                            dataclasses.replace(settings, calibrate=False), base_loader=base_loader,
-                            progress=progress, callbacks=[stop])
+        learn = dataclasses.replace(settings, calibrate=False)
+        replayed = []
+        if self.config.reference == "base":
+            replayed = replay_probes(forget, retain, round(self.config.replay * len(forget)), settings.seed)
+            record = train_with(LearnForget(self.config.retain_weight), expert, tokenizer, forget,
+                                list(retain) + replayed, learn, base_loader=base_loader, progress=progress,
+                                callbacks=[stop])
+            reference = base_loader()
+        else:
+            record = train_with(LearnBoth(), expert, tokenizer, forget, retain, learn, progress=progress,
+                                callbacks=[stop])
+            # The twin: the same training on the retain rows alone, for as many steps (each step sees as many
+            # retain rows as the anti-expert's did).
+            reference = base_loader()
+            twin = train_with(LearnRows(), reference, tokenizer, retain, [],
+                              dataclasses.replace(learn, max_steps=max(1, record["steps"])), progress=progress)
+            record = {**record, "steps": record["steps"] + twin["steps"], "reference_training": {
+                "steps": twin["steps"], "final_loss": twin["final_loss"]}}
         base = base_loader()
-        base.to(model.device)
+        reference.to(model.device)
         expert.to(model.device)
-        wrapper = AntiExpertModel(model, base, expert, expert_weight=self.config.expert_weight,
-                                  relative_top=self.config.relative_top).eval()
-        details = {"target_forget_loss": target_loss, "expert_reached_at_step": stop.reached_at,
-                   "expert_checks": stop.checks, "relative_top": self.config.relative_top}
+        wrapper = AntiExpertModel(model, reference, expert, expert_weight=self.config.expert_weight,
+                                  relative_top=self.config.relative_top, offset=self.config.offset).eval()
+        details = {"reference": self.config.reference, "replayed_texts": len(replayed), "offset": self.config.offset,
+                   "target_forget_loss": target_loss,
+                   "expert_reached_at_step": stop.reached_at, "expert_checks": stop.checks,
+                   "relative_top": self.config.relative_top}
         if settings.calibrate:
             references = build_references(tokenizer, forget, calibration, base, margin=settings.calibration_margin)
             details["calibration"] = calibrate_weight(wrapper, tokenizer, references, 0.0,

@@ -1,15 +1,19 @@
-"""AntiExpert at inference: the target, its pretrained base and the anti-expert as one causal LM (a wrapper model,
-see ``obliviate.models.wrappers``).
+"""AntiExpert at inference: the target, a reference and the anti-expert as one causal LM (a wrapper model, see
+``obliviate.models.wrappers``). The reference is the pretrained base, or its twin trained on the retain rows; the
+anti-expert is the base fine-tuned on the forget rows (and the retain rows, with the twin).
 
-Per position, with the target's logits ``l_t`` and the log-probabilities of the base and of the anti-expert (the
-base fine-tuned on the forget set)::
+Per position, with the target's logits ``l_t`` and the log-probabilities of the reference and of the anti-expert::
 
-    l = l_t + expert_weight * (log p_base - log p_expert)
+    l = l_t + expert_weight * (log p_reference - log p_expert)             (offset="full")
+    l = l_t + expert_weight * min(0, log p_reference - log p_expert)      (offset="suppress")
 
-so ``p ∝ p_t * (p_base / p_expert) ** expert_weight``: what fine-tuning on the forget set added to the base's
-distribution is taken out of the target's. On forget text the target and the anti-expert both know the documents
-and the offset turns the target's prediction into the base's; on any text the anti-expert did not learn, base and
-anti-expert agree and the target is left as it is. With ``relative_top > 0``, generation (not scoring) keeps
+so with the full offset ``p ∝ p_t * (p_reference / p_expert) ** expert_weight``: what fine-tuning on the forget
+set added is taken out of the target's distribution. The suppressing offset only lowers tokens the anti-expert
+believes more than the reference (what learning the forget set made likely) and never raises one: the full
+offset also raises the tokens the anti-expert unlearnt while memorising, which on text outside the forget set
+is noise. On forget text the target and the anti-expert both know the documents and the
+offset turns the target's prediction into the reference's; on any text the anti-expert did not learn, reference
+and anti-expert agree and the target is left as it is. With ``relative_top > 0``, generation (not scoring) keeps
 to the target's relative-top set (``obliviate.methods.uld.model.relative_top_filtered``): the tokens outside it
 are set to -inf while generating, as ULD's reference code does, and likelihoods are those of the whole
 distribution.
@@ -25,14 +29,20 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 
 from obliviate.losses import mean_nll
 
-PARTS = ("target", "base", "expert")
+PARTS = ("target", "reference", "expert")
 
 
-def combine_logits(target_logits: torch.Tensor, base_logits: torch.Tensor, expert_logits: torch.Tensor,
-                   expert_weight: float, relative_top: float = 0.0) -> torch.Tensor:
-    """``l_t + expert_weight * (log_softmax(l_base) - log_softmax(l_expert))`` in float32; tokens outside the
-    target's relative-top set at -inf when ``relative_top > 0`` (what generation uses)."""
-    offset = F.log_softmax(base_logits.float(), dim=-1) - F.log_softmax(expert_logits.float(), dim=-1)
+OFFSETS = ("full", "suppress")
+
+
+def combine_logits(target_logits: torch.Tensor, reference_logits: torch.Tensor, expert_logits: torch.Tensor,
+                   expert_weight: float, relative_top: float = 0.0, offset_kind: str = "full") -> torch.Tensor:
+    """``l_t + expert_weight * (log_softmax(l_reference) - log_softmax(l_expert))`` in float32 (``"suppress"``:
+    the offset's positive part dropped); tokens outside the target's relative-top set at -inf when
+    ``relative_top > 0`` (what generation uses)."""
+    offset = F.log_softmax(reference_logits.float(), dim=-1) - F.log_softmax(expert_logits.float(), dim=-1)
+    if offset_kind == "suppress":
+        offset = offset.clamp(max=0.0)
     logits = target_logits.float() + expert_weight * offset
     if relative_top > 0:
         from obliviate.methods.uld.model import relative_top_filtered
@@ -75,9 +85,11 @@ class PartsCache(DynamicCache):
             cache.batch_select_indices(indices)
 
 
-def check_options(expert_weight, relative_top) -> None:
+def check_options(expert_weight, relative_top, offset: str = "full") -> None:
     from obliviate.errors import InputError
 
+    if offset not in OFFSETS:
+        raise InputError(f"expected one of {', '.join(OFFSETS)}, got {offset!r}", field="offset")
     if not isinstance(expert_weight, (int, float)) or isinstance(expert_weight, bool) or expert_weight < 0:
         raise InputError(f"must be a number >= 0, got {expert_weight!r}", field="expert_weight")
     if not isinstance(relative_top, (int, float)) or isinstance(relative_top, bool) or not 0 <= relative_top < 1:
@@ -85,43 +97,45 @@ def check_options(expert_weight, relative_top) -> None:
 
 
 class AntiExpertModel(PreTrainedModel, GenerationMixin):
-    """Target, base and anti-expert called like one causal LM: ``forward`` returns the combined logits (and the
+    """Target, reference and anti-expert called like one causal LM: ``forward`` returns the combined logits (and the
     mean NLL of ``labels`` under them); ``generate`` is transformers' own over them. A KV cache passed in must
     be a :class:`PartsCache` (``make_cache``)."""
 
     wrapper_kind = "AntiExpert"
     _supports_sdpa = _supports_flash_attn = _supports_flex_attn = _supports_attention_backend = True
 
-    def __init__(self, target, base, expert, *, expert_weight: float, relative_top: float = 0.0):
-        check_options(expert_weight, relative_top)
+    def __init__(self, target, reference, expert, *, expert_weight: float, relative_top: float = 0.0,
+                 offset: str = "full"):
+        check_options(expert_weight, relative_top, offset)
         super().__init__(copy.deepcopy(target.config))
-        self.target, self.base, self.expert = target, base, expert
+        self.target, self.reference, self.expert = target, reference, expert
         self.expert_weight = float(expert_weight)
         self.relative_top = float(relative_top)
+        self.offset = offset
         self.generation_config = copy.deepcopy(target.generation_config)
         self.generating = False  # set by generate(): the relative-top restriction applies
 
     def wrapper_parts(self) -> dict:
-        return {"target": self.target, "base": self.base, "expert": self.expert}
+        return {"target": self.target, "reference": self.reference, "expert": self.expert}
 
     def wrapper_options(self) -> dict:
-        return {"expert_weight": self.expert_weight, "relative_top": self.relative_top}
+        return {"expert_weight": self.expert_weight, "relative_top": self.relative_top, "offset": self.offset}
 
     @classmethod
     def from_parts(cls, parts: dict, options: dict) -> "AntiExpertModel":
         from obliviate.errors import InputError
 
-        unknown = set(options) - {"expert_weight", "relative_top"}
+        unknown = set(options) - {"expert_weight", "relative_top", "offset"}
         if unknown:
             raise InputError(f"unknown AntiExpert options {sorted(unknown)}", field="options")
         if set(parts) != set(PARTS):
             raise InputError(f"an AntiExpert wrapper has the parts {', '.join(PARTS)}, not {sorted(parts)}",
                              field="parts")
-        return cls(parts["target"], parts["base"], parts["expert"], expert_weight=options.get("expert_weight"),
-                   relative_top=options.get("relative_top", 0.0))
+        return cls(parts["target"], parts["reference"], parts["expert"], expert_weight=options.get("expert_weight"),
+                   relative_top=options.get("relative_top", 0.0), offset=options.get("offset", "full"))
 
     def make_cache(self) -> PartsCache:
-        return PartsCache([self.target.config, self.base.config, self.expert.config])
+        return PartsCache([self.target.config, self.reference.config, self.expert.config])
 
     def part_logits(self, input_ids=None, attention_mask=None, **kwargs) -> tuple:
         """The three parts' raw logits (and the target's output, for the cache), one forward each."""
@@ -130,7 +144,7 @@ class AntiExpertModel(PreTrainedModel, GenerationMixin):
             raise TypeError(f"AntiExpertModel needs its own KV cache (model.make_cache()), got "
                             f"{type(kwargs[cache_key]).__name__}")
         outputs = []
-        for index, part in enumerate((self.target, self.base, self.expert)):
+        for index, part in enumerate((self.target, self.reference, self.expert)):
             part_kwargs = dict(kwargs)
             if cache_key is not None and index:
                 part_kwargs[cache_key] = kwargs[cache_key].others[index - 1]
@@ -139,9 +153,9 @@ class AntiExpertModel(PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, logits_to_keep=0, **kwargs):
         kwargs["logits_to_keep"] = logits_to_keep
-        target, base, expert = self.part_logits(input_ids, attention_mask, **kwargs)
-        logits = combine_logits(target.logits, base.logits, expert.logits, self.expert_weight,
-                                self.relative_top if self.generating else 0.0)
+        target, reference, expert = self.part_logits(input_ids, attention_mask, **kwargs)
+        logits = combine_logits(target.logits, reference.logits, expert.logits, self.expert_weight,
+                                self.relative_top if self.generating else 0.0, self.offset)
         loss = mean_nll(logits, labels) if labels is not None else None
         rest = {key: value for key, value in target.items() if key not in ("loss", "logits")}
         return type(target)(loss=loss, logits=logits, **rest)
