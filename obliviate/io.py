@@ -36,6 +36,11 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
         raise InputError("output path exists and is not a directory", path=out)
     if out.exists() and not overwrite:
         raise InputError("output directory exists (pass --overwrite to replace it)", path=out)
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"cannot be written: {ancestor} is not a writable directory", path=out)
     return out
 
 

@@ -423,7 +423,17 @@ DISK_CASES = {
                                          "model/model.safetensors); "
                                          "nothing was written"], patch=lambda mp: _no_space(mp, "model"),
                                         leaves=(".out.resume",)),
+    # An output location under a file: no command may get as far as a traceback from its resume directory.
+    **{f"disk/out-cannot-be-written-{command}": Case(
+        lambda env, command=command: _under_a_file(env, getattr(env, command)()),
+        ["is not a writable directory"], adds_out=False) for command in ("unlearn", "evaluate")},
 }
+
+
+def _under_a_file(env, argv: list[str]) -> list[str]:
+    blocker = env.file("a-file", "not a directory")
+    return argv + ["--out", str(blocker / "out")]
+
 
 CATALOGUE = {**DATA_CASES, **MODEL_CASES, **CONFIG_CASES, **ARG_CASES, **DISK_CASES}
 

@@ -218,3 +218,28 @@ def test_full_run_adu_forgets_and_keeps(tmp_path):
         assert adu["forget_error"][0] > pretrained["forget_error"][0] + 0.3
         assert adu["kept_accuracy"][0] > pretrained["kept_accuracy"][0] - 0.1
         assert adu["H"][0] > baseline["H"][0]
+
+
+def test_a_planted_cache_file_is_read_as_weights_never_run(tmp_path):
+    """A pickle that would run code, planted where the pretrained model is cached, is refused, not executed."""
+    import json
+    import pickle
+
+    from obliviate.vision import adu as A
+    from obliviate.vision.domains import load_domain_digits
+
+    data = load_domain_digits("digits", 16, 0.3)
+    config = A.ClipConfig(epochs=1, width=16, embed_dim=16)
+    path = tmp_path / "vision" / "adu" / f"clip-{A.cache_key(data, ['inverted'], config, {'k': 1})}.pt"
+    path.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path.write_bytes(pickle.dumps(Planted()))
+    path.with_suffix(".json").write_text(json.dumps({"seconds": 0}))
+    with pytest.raises(pickle.UnpicklingError):
+        A.load_or_pretrain(data, ["inverted"], config, {"k": 1}, tmp_path, log=lambda line: None)
+    assert not marker.exists()

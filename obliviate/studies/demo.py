@@ -22,7 +22,7 @@ from obliviate.io import atomic_output_dir, check_output_dir, write_json_atomic
 
 # Three seeds of each fit the demo's 15 minutes on 2 cores; KL (the slowest: a reference forward pass on every
 # retain batch) and the rest run with --methods.
-DEFAULT_METHODS = ("GradDiff", "NPO", "BaseTeacher")
+DEFAULT_METHODS = ("AntiExpert", "NPO", "BaseTeacher")  # the default recipe beside two baselines
 DEFAULT_SEEDS = (0, 1, 2)
 # Aims of the proof ground (issue: a pretrained base): non-member text may cost the target at most this many
 # nats per token more than it costs the base; the base's own non-member loss at most this; the oracle's

@@ -48,6 +48,7 @@ features; digits in synthetic domains stand in for DomainNet/Office-Home/ImageNe
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -66,7 +67,7 @@ from obliviate.io import sha256_json
 from obliviate.progress import progress_bar
 from obliviate.vision.domains import CAPTION_TEMPLATES, DIGIT_WORDS, DOMAINS, DomainDigits, caption
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: weights and record stored apart (weights_only loading)
 METHODS = ("adu", "baseline", "adu-no-ddl", "adu-no-generator", "retrain")
 # method -> (domain disentangling loss, instance-wise prompt generator)
 PROMPT_METHODS = {"adu": (True, True), "baseline": (False, False), "adu-no-ddl": (False, True),
@@ -314,24 +315,32 @@ def load_or_pretrain(data: DomainDigits, domains: Sequence[str], config: ClipCon
     """The pretrained dual encoder for ``domains``, from ``<cache_dir>/vision/adu/`` or trained and saved there
     (atomically: a temporary file renamed into place)."""
     path = Path(cache_dir) / "vision" / "adu" / f"clip-{cache_key(data, domains, config, data_key)}.pt"
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+    record_path = path.with_suffix(".json")
+    if path.is_file() and record_path.is_file():
+        # Weights only: a file planted in a shared cache directory is read as tensors, never run.
         model = DualEncoder(data.image_size, config)
-        model.load_state_dict(saved["state"])
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
-        return model, {**saved["record"], "cached": True, "path": str(path)}
+        return model, {**json.loads(record_path.read_text()), "cached": True, "path": str(path)}
     log(f"pretraining the CLIP-style model on {', '.join(domains)} (cached at {path})")
     model, record = pretrain(data, domains, config, desc)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The record first, then the weights: a cache entry counts only when both are there.
+    _replace_atomically(record_path, lambda tmp: Path(tmp).write_text(
+        json.dumps(record, default=str)))
+    _replace_atomically(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    return model, {**record, "cached": False, "path": str(path)}
+
+
+def _replace_atomically(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        torch.save({"state": model.state_dict(), "record": record, "config": asdict(config)}, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return model, {**record, "cached": False, "path": str(path)}
 
 
 # ---------------------------------------------------------------------------------------------------- ADU

@@ -1,0 +1,98 @@
+"""Unlearn one part of a bundled benchmark with method entries and print the scores beside the target's and
+the oracle's: how the figures in docs/results.md that name this script were made.
+
+    python experiments/part_run.py validation "AntiExpert" "AntiExpert offset=full"
+    python experiments/part_run.py test AntiExpert --seeds 0,1
+
+The part is ``split_benchmark``'s (validation: where defaults are chosen; test: where they are reported); the
+target and oracle are the benchmark's seed-0 pair (prebuilt or cached); each entry's ``max_steps`` is scaled to
+the part's forget set as the demo scales it. Every evaluation (and the run's record) is written to ``--out``.
+One torch process at a time: the figures include wall times.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OBLIVIATE_PROGRESS", "0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("validation", "test"))
+    parser.add_argument("entries", nargs="+", help='method entries, "NAME key=value ..."')
+    parser.add_argument("--benchmark", default="standard")
+    parser.add_argument("--seeds", default="0", help="unlearning seeds, comma-separated (default 0)")
+    parser.add_argument("--cache-dir", default=None, help="model cache (see obliviate demo)")
+    parser.add_argument("--out", default="part-runs", help="evaluations and records are written here")
+    args = parser.parse_args()
+
+    from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
+    from obliviate.audit.spread import bootstrap_standard_errors
+    from obliviate.models.loading import load_model
+    from obliviate.studies.demo import method_entry
+    from obliviate.studies.targets import benchmark_from, build_micro_models, resolve_base
+    from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
+    from obliviate.training.unlearn import unlearn
+
+    benchmark = benchmark_from(None, base="bundled", name=args.benchmark)
+    validation, test = split_benchmark(benchmark)
+    part = validation if args.part == "validation" else test
+    models = build_micro_models(benchmark, cache_dir=args.cache_dir, log=lambda message: None, base="bundled")
+    base_dir = resolve_base("bundled", args.benchmark)
+    tokenizer = models.tokenizer
+    data = EvaluationData(forget=part.forget, retain=part.retain, members=part.members,
+                          nonmembers=part.nonmembers, utility=part.utility, heldout=part.heldout or None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    member_ids = [document.id for document in part.members]
+    nonmember_tasks = [document.task for document in part.nonmembers]
+
+    def report(name: str, results: dict, reference: dict, extra: str = "") -> None:
+        apply_gate(results, reference["utility"], original_heldout_loss=reference.get("heldout_loss"))
+        row = summary_row(name, results)
+        errors = bootstrap_standard_errors(results, member_ids, nonmember_tasks)
+        figures = " ".join(f"{key}={row[key]:.3f}±{errors.get(key, float('nan')):.3f}"
+                           for key in ("task_aggregate", "mia_auc", "utility", "final_score"))
+        gate = results["collapse-gate"]
+        verdict = "broken" if gate["broken"] else "collateral" if gate["collateral"] else "passed"
+        print(f"{name:<32} {figures} heldout_loss={row['heldout_loss']:.3f} verdict={verdict} {extra}", flush=True)
+
+    def evaluated(name: str, model) -> dict:
+        results = evaluate(model, tokenizer, data, max_new_tokens=256, batch_size=32, desc=None)
+        (out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.json").write_text(
+            json.dumps(results, default=str))
+        return results
+
+    target = evaluated("target", models.target)
+    report("target", target, target)
+    report("oracle", evaluated("oracle", models.oracle), target)
+    scale = defaults_steps_scale(len(part.forget))
+    for entry in args.entries:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            plan = method_entry(entry)
+            plan = scaled_steps(dataclasses.replace(plan, training=dataclasses.replace(plan.training, seed=seed)),
+                                scale)
+            started = time.time()
+            result = unlearn(load_model(models.paths["target"], device=None).model, tokenizer, part.forget,
+                             part.retain, plan,
+                             reference_loader=lambda: load_model(models.paths["target"], device=None).model,
+                             base_loader=lambda: load_model(base_dir, device=None).model, progress=False,
+                             calibration=part.calibration)
+            seconds = time.time() - started
+            name = f"{entry}@seed{seed}"
+            results = evaluated(name, result.model)
+            (out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.record.json").write_text(
+                json.dumps(result.record, default=str))
+            member = statistics.fmean(results["mia_losses"]["member"])
+            nonmember = statistics.fmean(results["mia_losses"]["nonmember"])
+            report(name, results, target, f"steps={result.record['steps']} unlearn_seconds={seconds:.0f} "
+                                          f"member_loss={member:.3f} nonmember_loss={nonmember:.3f}")
+
+
+if __name__ == "__main__":
+    main()
