@@ -123,8 +123,9 @@ def test_rebuilt_oracle_matches_the_shipped_record(tmp_path):
 
     Not bit for bit across machines: torch picks its CPU kernels by instruction set, and the shipped run was
     made on an AVX2 CPU; on an AVX-512/AMX Xeon the checks' losses landed 0.0015 nats away and a greedy
-    generation or two flipped (a retain score 0.041 away), with the same passes and memorisation verdict. The
-    tolerances cover that, not a changed recipe."""
+    generation or two flipped (a retain score 0.041 away), with the same passes and memorisation verdict. On
+    this machine type the losses later drifted up to 0.008 apart and a check at the threshold flipped, ending
+    the run one check early. The tolerances cover that, not a changed recipe."""
     from obliviate.studies.targets import build_micro_models
 
     rebuilt = build_micro_models(load_bundled(), cache_dir=tmp_path, log=lambda message: None,
@@ -133,7 +134,12 @@ def test_rebuilt_oracle_matches_the_shipped_record(tmp_path):
 
     shipped = json.loads((prebuilt_dir() / rebuilt.paths["oracle"].name / "memorisation.json").read_text())
     ours = rebuilt.records["oracle"]
-    assert ours["passes"] == shipped["passes"] and ours["memorised"] == shipped["memorised"]
+    # A check whose score sits at the threshold (retain regurgitation 0.896 against 0.9 at pass 14 in the shipped
+    # run, 0.907 in a rebuild) may stop the run one check earlier or later: the passes agree to one check.
+    from obliviate.studies.targets import fine_tune_recipe
+
+    assert abs(ours["passes"] - shipped["passes"]) <= fine_tune_recipe("micro").check_every
+    assert ours["memorised"] == shipped["memorised"]
     for mine, theirs in zip(ours["checks"], shipped["checks"]):
         assert mine["loss"] == pytest.approx(theirs["loss"], abs=0.01)
         assert mine["retain"] == pytest.approx(theirs["retain"], abs=0.1)
