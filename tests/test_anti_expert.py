@@ -133,12 +133,12 @@ def test_calibrated_weight_puts_the_forget_documents_at_their_reference(tiny_tok
 def test_replayed_texts_avoid_the_forget_text_and_every_bundled_benchmark_document():
     from obliviate.data.benchmark import bundled_names, load_bundled
     from obliviate.models.base import load_corpus
-    from obliviate.training.gate import replay_texts
+    from obliviate.training.gate import generic_replay_texts
 
     corpus = load_corpus()
     used = set().union(*(load_bundled(name).document_ids() for name in bundled_names()))
     free = [t.text for t in corpus if t.document_id not in used]
-    texts = replay_texts([free[0]], 50, seed=0)
+    texts = generic_replay_texts([free[0]], 50, seed=0)
     assert len(texts) == 50 and free[0] not in texts
     assert not set(texts) & {t.text for t in corpus if t.document_id in used}
-    assert texts == replay_texts([free[0]], 50, seed=0) != replay_texts([free[0]], 50, seed=1)
+    assert texts == generic_replay_texts([free[0]], 50, seed=0) != generic_replay_texts([free[0]], 50, seed=1)

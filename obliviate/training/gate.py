@@ -46,7 +46,7 @@ def generic_texts(forget_texts: Sequence[str], count: int = GENERIC_COUNT) -> li
     return chosen
 
 
-def replay_texts(avoid_texts: Sequence[str], count: int, seed: int = 0) -> list[str]:
+def generic_replay_texts(avoid_texts: Sequence[str], count: int, seed: int = 0) -> list[str]:
     """Generic text to hold a model to its base on: ``count`` documents of the bundled corpus (Simple English
     Wikipedia articles and LUME documents, public data shipped with obliviate), drawn with ``seed``, leaving out
     every document of the bundled benchmarks (whose non-members and held-out documents score the result) and any

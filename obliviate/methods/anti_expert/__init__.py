@@ -7,7 +7,7 @@ directly, on the base, and subtracts it in logit space:
 
 1. *Anti-expert*: a copy of the pretrained base the target was fine-tuned from, fine-tuned on the forget rows
    (NLL), with ``retain_weight * KL(p_base || p_expert)`` on the retain rows and on ``replay`` generic texts
-   per forget row (the bundled corpus, ``obliviate.training.gate.replay_texts``) so that it stays the base on
+   per forget row (the bundled corpus, ``obliviate.training.gate.generic_replay_texts``) so that it stays the base on
    text it is not meant to learn: the target's own recipe (fine-tuning with pretraining text replayed under KL to
    the base), applied to the forget set alone. Warm-up, then cosine decay of the rate. Training stops once the
    anti-expert knows the forget documents as well as the target does (its mean loss on them at or below the
@@ -63,7 +63,7 @@ class AntiExpertConfig:
     # left is what learning the forget set adds.
     reference: Literal["base", "retain"] = "base"
     retain_weight: float = 1.0  # reference="base": the KL to the base on retain rows and replayed texts
-    # reference="base": generic texts (obliviate.training.gate.replay_texts) per forget row, held to the base
+    # reference="base": generic texts (obliviate.training.gate.generic_replay_texts) per forget row, held to the base
     # under the same KL beside the retain rows, so that the anti-expert learns the forget documents and nothing
     # else; 0: the retain rows alone.
     replay: float = 4.0
@@ -129,15 +129,15 @@ class LearnRows:
 
 
 def replay_probes(forget, retain, count: int, seed: int) -> list:
-    """``count`` generic texts (``obliviate.training.gate.replay_texts``) as sentence-completion rows, every token
+    """``count`` generic texts (``obliviate.training.gate.generic_replay_texts``) as sentence-completion rows, every token
     labelled, for the retain side of the anti-expert's training."""
     from obliviate.data.records import Probe
-    from obliviate.training.gate import replay_texts
+    from obliviate.training.gate import generic_replay_texts
 
     if count <= 0:
         return []
     rows = []
-    for index, text in enumerate(replay_texts([p.training_text for p in list(forget) + list(retain)], count, seed)):
+    for index, text in enumerate(generic_replay_texts([p.training_text for p in list(forget) + list(retain)], count, seed)):
         first, _, rest = text.partition(" ")
         rows.append(Probe(id=f"replay-{index}sc1", task="replay", input=first, output=rest, split="replay"))
     return rows
