@@ -99,6 +99,9 @@ def test_dp2_base_then_unlearn_end_to_end(tmp_path, tiny_model_dir, tiny_lume_di
     result = json.loads((out / "dp2.json").read_text())
     assert set(result["forgotten_documents"]) == forget_docs  # trained on, not kept: covered by epsilon
     assert result["epsilon_per_document"] == record["epsilon_spent"]
+    group = result["guarantee_for_all_forgotten"]
+    assert group["documents"] == len(forget_docs) and group["epsilon"] == len(forget_docs) * record["epsilon_spent"]
+    assert group["vacuous"] == (group["delta"] is None or group["delta"] >= 1)
     assert result["passes"] == 1 and result["steps"] >= 1
     assert (out / "model" / "model.safetensors").is_file()
 
@@ -121,3 +124,96 @@ def test_dp2_unlearn_refuses_a_model_that_is_not_a_dp2_output(tmp_path, tiny_mod
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "dp2.json" in err[0]
     assert not out.exists()
+
+
+def test_group_privacy_grows_delta_as_well_as_epsilon():
+    """k documents under an (epsilon, delta) guarantee per document: (k epsilon, k e^((k-1) epsilon) delta)."""
+    from obliviate.studies.dp2 import describe_group, group_guarantee
+
+    one = group_guarantee(8.0, 1e-5, 1)
+    assert one == {"documents": 1, "epsilon": 8.0, "delta": 1e-5, "vacuous": False}
+    two = group_guarantee(8.0, 1e-5, 2)
+    assert two["epsilon"] == 16.0 and abs(two["delta"] - 2 * 2980.957987 * 1e-5) < 1e-6 and not two["vacuous"]
+    three = group_guarantee(8.0, 1e-5, 3)
+    assert three["vacuous"] and three["delta"] > 266  # 3 e^16 1e-5 = 266.6: no guarantee
+    assert "no guarantee" in describe_group(three) and "no guarantee" not in describe_group(two)
+    five = group_guarantee(0.5, 1e-6, 5)  # 5 e^2 1e-6 = 3.6945e-5
+    assert five["epsilon"] == 2.5 and abs(five["delta"] - 3.6945e-5) < 1e-9 and not five["vacuous"]
+    assert group_guarantee(8.0, 1e-5, 5)["vacuous"]  # 5 e^32 1e-5: no guarantee
+    small = group_guarantee(0.5, 1e-6, 10)
+    assert abs(small["delta"] - 10 * 2.718281828 ** 4.5 * 1e-6) < 1e-9 and not small["vacuous"]
+    assert group_guarantee(8.0, 1e-5, 0)["epsilon"] == 0.0
+    assert group_guarantee(8.0, 1e-5, 1000)["vacuous"]  # no overflow
+
+
+def _private(model, tokenizer, examples, config, noise_multiplier):
+    """opacus' DP-SGD around ``model`` as ``train_dp`` builds it, and the examples as padded tensors."""
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    from obliviate.training.dp import _collate, _Texts, encode_examples, make_private, quiet_opacus
+
+    encoded = encode_examples(tokenizer, examples, config.max_length)
+    loader = DataLoader(_Texts(encoded), batch_size=config.expected_batch_size, collate_fn=_collate(tokenizer.pad_token_id))
+    with warnings.catch_warnings():
+        quiet_opacus()
+        _, private_model, optimizer, _ = make_private(model, loader, config, noise_multiplier)
+    return private_model, optimizer, _collate(tokenizer.pad_token_id)([(torch.tensor(ids),) for ids in encoded])
+
+
+def _flat_grad(parameters):
+    return torch.cat([p.grad.reshape(-1) for p in parameters if p.grad is not None])
+
+
+def _own_gradient(model_state, build, tokenizer, input_ids, mask, scale):
+    """One example's plain gradient of ``scale`` times its mean token loss, on a fresh copy of the model."""
+    model = build(tokenizer)
+    model.load_state_dict(model_state)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits
+    (scale * per_example_loss(logits, input_ids, mask)).sum().backward()
+    return _flat_grad([p for p in model.parameters() if p.requires_grad])
+
+
+def test_dp_sgd_clips_each_documents_gradient_and_adds_noise_of_the_stated_scale(tiny_tokenizer, bundled_probes):
+    """The mechanism, not only the accountant: after opacus' pre-step the gradient is the sum of each document's
+    gradient clipped to max_grad_norm, plus N(0, (noise_multiplier * max_grad_norm)^2) per coordinate, over the
+    expected batch size."""
+    import warnings
+
+    from tests.conftest import build_tiny_model
+
+    examples = document_examples(bundled_probes["retain"][:12])[:4]
+    config = DPConfig(max_grad_norm=0.5, expected_batch_size=2, max_length=48)
+    torch.manual_seed(0)
+    model = build_tiny_model(tiny_tokenizer)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    private_model, optimizer, (input_ids, mask) = _private(model, tiny_tokenizer, examples, config, 0.0)
+    scale = 1000.0  # each document's raw gradient is far above the bound
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        losses = per_example_loss(private_model(input_ids=input_ids[:2], attention_mask=mask[:2]).logits,
+                                  input_ids[:2], mask[:2])
+        (scale * losses).mean().backward()
+        optimizer.pre_step()
+    private = _flat_grad(optimizer.params)
+    own = [_own_gradient(state, build_tiny_model, tiny_tokenizer, input_ids[i:i + 1], mask[i:i + 1], scale)
+           for i in range(2)]
+    assert all(g.norm() > 100 * config.max_grad_norm for g in own)
+    clipped = sum(g * (config.max_grad_norm / g.norm()) for g in own) / config.expected_batch_size
+    assert torch.allclose(private, clipped, rtol=1e-3, atol=1e-6)
+    assert private.norm() <= config.max_grad_norm * 2 / config.expected_batch_size * (1 + 1e-4)
+    # A flipped clipping (no bound) or a missing division would fail the line above; now the noise.
+    noise_multiplier = 1.5
+    model = build_tiny_model(tiny_tokenizer)
+    private_model, optimizer, (input_ids, mask) = _private(model, tiny_tokenizer, examples, config, noise_multiplier)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        losses = per_example_loss(private_model(input_ids=input_ids[:2], attention_mask=mask[:2]).logits,
+                                  input_ids[:2], mask[:2])
+        (0.0 * losses).mean().backward()  # every document's gradient is zero: what is left is the noise
+        optimizer.pre_step()
+    noise = _flat_grad(optimizer.params)
+    expected = noise_multiplier * config.max_grad_norm / config.expected_batch_size
+    assert noise.numel() > 50_000
+    assert abs(float(noise.std()) / expected - 1) < 0.02 and abs(float(noise.mean())) < 0.02 * expected

@@ -6,7 +6,8 @@ documents (``dp_model``: DP-SGD through opacus, one document per privacy unit, s
 never on the forget documents and never from the pretrained model (``unlearn``). Because the DP model is
 (epsilon, delta)-indistinguishable from one trained without any single document, and the second stage only reads
 the retain data, the unlearned model discloses about a forgotten document no more than epsilon allows (per
-document; k forgotten documents get k x epsilon by group privacy). The claim to check is cost: the second
+document; for k forgotten documents group privacy gives (k epsilon, k e^((k-1) epsilon) delta), vacuous once
+that delta reaches 1: :func:`group_guarantee`). The claim to check is cost: the second
 stage should need less compute than retraining from the pretrained model on the retain data.
 
 The second stage here uses the recipe that builds the micro benchmark's oracle (:class:`FineTuneRecipe`: the
@@ -29,6 +30,25 @@ from obliviate.io import atomic_output_dir, check_output_dir, sha256_json, write
 from obliviate.training.dp import DPConfig
 
 RECORD = "dp2.json"
+
+
+def group_guarantee(epsilon: float, delta: float, k: int) -> dict:
+    """What an (epsilon, delta)-DP guarantee per document says about ``k`` documents at once, by group privacy
+    (Dwork and Roth 2014, "The Algorithmic Foundations of Differential Privacy", Theorem 2.2 for pure DP and
+    its (epsilon, delta) form): ``(k * epsilon, k * exp((k - 1) * epsilon) * delta)``.
+
+    ``vacuous`` is true when that delta is 1 or more: the pair then bounds nothing (``delta`` is None when it is
+    too large for a float). At epsilon = 8 that happens
+    from k = 2 on for any delta above about 1.7e-4 (2 e^8 delta >= 1), and from k = 3 on at delta = 1e-5."""
+    import math
+
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k == 0:
+        return {"documents": 0, "epsilon": 0.0, "delta": 0.0, "vacuous": False}
+    exponent = (k - 1) * epsilon + math.log(k) + math.log(delta) if delta > 0 else -math.inf  # log of the delta
+    group_delta = k * math.exp((k - 1) * epsilon) * delta if exponent < 700 else None  # None: beyond a float
+    return {"documents": k, "epsilon": k * epsilon, "delta": group_delta, "vacuous": exponent >= 0.0}
 
 
 def dp_model(model_dir: Path, probes: Sequence[Probe], config: DPConfig, out: Path, *, overwrite: bool = False,
@@ -112,7 +132,8 @@ def unlearn(dp_dir: Path, keep: dict[str, Sequence[Probe]], out: Path, *, recipe
     result = {"stage": "unlearn", "command": command, "inputs": inputs or {}, "dp_model": dp_record,
               "epsilon_per_document": dp_record["epsilon_spent"], "delta": dp_record["dp"]["delta"],
               "forgotten_documents": forgotten,
-              "epsilon_for_all_forgotten": dp_record["epsilon_spent"] * len(forgotten),
+              "guarantee_for_all_forgotten": group_guarantee(dp_record["epsilon_spent"], dp_record["dp"]["delta"],
+                                                             len(forgotten)),
               "replayed_base_corpus": bool(replay), **record}
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         save_model(model, tokenizer, tmp / "model")
@@ -120,8 +141,17 @@ def unlearn(dp_dir: Path, keep: dict[str, Sequence[Probe]], out: Path, *, recipe
     log(f"DP2U: fine-tuned on {len(kept_ids)} documents in {record['passes']} passes, "
         f"{record['steps']} steps, {record['train_seconds']:.0f} s; memorised={record['memorised']}; "
         f"{len(forgotten)} documents of the DP model's training data not kept (epsilon {dp_record['epsilon_spent']:.2f} "
-        f"each)")
+        f"each; {describe_group(result['guarantee_for_all_forgotten'])})")
     return result
+
+
+def describe_group(guarantee: dict) -> str:
+    """One line for a :func:`group_guarantee` record."""
+    k = guarantee["documents"]
+    if guarantee["vacuous"]:
+        return (f"for all {k} together group privacy gives epsilon {guarantee['epsilon']:.2f} at delta >= 1: "
+                f"no guarantee")
+    return f"for all {k} together epsilon {guarantee['epsilon']:.2f} at delta {guarantee['delta']:.2g}"
 
 
 @dataclass
@@ -246,6 +276,10 @@ def compare(request: Comparison, log: Callable[[str], None] = print) -> list[dic
              f"model's one-time training took {dp_record['train_seconds']:.0f} s "
              f"(epsilon {dp_record['epsilon_spent']:.2f} per document at delta {request.config.delta:g}, "
              f"noise multiplier {dp_record['noise_multiplier']:.3f})."]
+    forgotten = len({probe.document_id for probe in test.forget})
+    group = group_guarantee(dp_record["epsilon_spent"], request.config.delta, forgotten)
+    notes.append(f"The {forgotten} forgotten documents: {describe_group(group)} (group privacy: k epsilon at "
+                 f"k e^((k-1) epsilon) delta).")
     print(table, flush=True)
     for line in notes:
         print(line, flush=True)

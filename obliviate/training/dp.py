@@ -9,8 +9,8 @@ smallest that keeps the whole run, ``max_passes / q`` steps, within ``(epsilon, 
 
 The privacy unit is a **document**: all rows of one LUME document (its sentence-completion text and its
 question/answer texts) form one training example, so the guarantee covers removing a whole document, which is
-what a forget request removes. (Per-row units would protect a document of k rows only at k x epsilon, by group
-privacy.) Each example's loss is its own mean token loss, so one example's gradient never depends on which
+what a forget request removes. (Per-row units would protect a document of k rows only at (k epsilon, k e^((k-1) epsilon) delta), by group
+privacy: vacuous at epsilon = 8.) Each example's loss is its own mean token loss, so one example's gradient never depends on which
 other examples were sampled with it; a row's text is truncated to ``max_length`` tokens.
 
 Deviations from the textbook loop, stated: the optimizer is AdamW on the privatised gradient (post-processing,
@@ -165,6 +165,34 @@ def encode_examples(tokenizer, examples: Sequence[Sequence[str]], max_length: in
     return encoded
 
 
+def quiet_opacus() -> None:
+    """Inside ``warnings.catch_warnings()``: silence the two warnings opacus gives on every step of this loop."""
+    # opacus' per-example gradient hooks fire on module outputs (the token ids need no gradient), which torch
+    # reports on every step; the gradients they capture are the ones wanted.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+    # secure_mode (a cryptographically secure noise source) is off, so that a seeded run is reproducible; the
+    # record says so instead of opacus warning on every run.
+    warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+
+
+def make_private(model, loader, config: DPConfig, noise_multiplier: float):
+    """opacus' DP-SGD around ``model`` and ``loader``: (engine, private model, optimizer, Poisson loader). The
+    optimizer's step clips each example's gradient to ``config.max_grad_norm``, adds Gaussian noise of standard
+    deviation ``noise_multiplier * max_grad_norm`` to the sum and divides by the expected batch size, then takes
+    an AdamW step."""
+    import torch
+    from opacus import PrivacyEngine
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
+    private_model, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=config.max_grad_norm, poisson_sampling=True,
+        noise_generator=torch.Generator().manual_seed(config.seed + 1))
+    return engine, private_model, optimizer, loader
+
+
 def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConfig, *,
              desc: str | None = "DP-SGD") -> tuple[object, dict]:
     """Fine-tune ``model`` with DP-SGD on ``examples`` (one list of texts per privacy unit).
@@ -173,7 +201,6 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
     epsilon the accountant reports at ``delta``, steps, sample rate, examples, seconds, the loss per epoch.
     """
     import torch
-    from opacus import PrivacyEngine
     from torch.utils.data import DataLoader
 
     from obliviate.progress import progress_bar
@@ -193,20 +220,9 @@ def train_dp(model, tokenizer, examples: Sequence[Sequence[str]], config: DPConf
     dataset = _Texts(encode_examples(tokenizer, examples, config.max_length))
     loader = DataLoader(dataset, batch_size=config.expected_batch_size, shuffle=True,
                         collate_fn=_collate(pad_id), generator=torch.Generator().manual_seed(config.seed))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     with warnings.catch_warnings():
-        # opacus' per-example gradient hooks fire on module outputs (the token ids need no gradient), which torch
-        # reports on every step; the gradients they capture are the ones wanted.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-        # secure_mode (a cryptographically secure noise source) is off, so that a seeded run is reproducible; the
-        # record says so instead of opacus warning on every run.
-        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
-        engine = PrivacyEngine(accountant=config.accountant, secure_mode=False)
-        private_model, optimizer, loader = engine.make_private(
-            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-            max_grad_norm=config.max_grad_norm, poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(config.seed + 1))
+        quiet_opacus()
+        engine, private_model, optimizer, loader = make_private(model, loader, config, noise_multiplier)
         steps, skipped, history = 0, 0, []
         with progress_bar(total=config.max_passes, desc=desc, unit="pass") as bar:
             for epoch in range(1, config.max_passes + 1):
