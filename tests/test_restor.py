@@ -130,6 +130,24 @@ def test_fractions():
     assert fractions([]) == {"recovered": None, "corrupted": None, "neither": None}
 
 
+def test_corruption_documents_hold_no_judged_question(bundled_parts):
+    """As in RESTOR, what is unlearnt (the corruption documents) and what is asked (the facts' questions) are
+    disjoint by default; questions=True adds the questions answered with the swapped values."""
+    benchmark, test = bundled_parts
+    corruption = _corruption(bundled_parts)
+    fact_ids = {f.id for f in corruption.facts}
+    questions = {f.question for f in corruption.facts}
+    assert corruption.rows and all(p.kind is ProbeKind.REGURGITATION for p in corruption.rows)
+    assert not fact_ids & {p.id for p in corruption.rows}
+    assert not any(q in p.training_text for q in questions for p in corruption.rows)
+    assert {f.document_id for f in corruption.facts} == {p.document_id for p in corruption.rows}
+    with_questions = build_corruption(test.forget + test.utility,
+                                      benchmark.forget + benchmark.retain + benchmark.utility, None, 0,
+                                      avoid=frozenset(p.document_id for p in test.retain), questions=True)
+    asked = {p.id: p.output for p in with_questions.rows if p.kind is ProbeKind.KNOWLEDGE}
+    assert asked == {f.id: f.corrupted for f in with_questions.facts}
+
+
 # ------------------------------------------------------------------------------------- end to end
 
 
@@ -170,7 +188,7 @@ def test_restor_end_to_end_on_a_tiny_model(tmp_path, clean_tiny, capsys):
     out = tmp_path / "restor"
     assert main(["restor", "--model", str(clean), "--data", str(data), "--part", "all", "--facts", "4",
                  "--method", "GradDiff", "max_steps=3", "--seeds", "0,1", "--corruption", "max_passes=20",
-                 "learning_rate=1e-2", "--max-new-tokens", "24", "--out", str(out)]) == 0
+                 "learning_rate=1e-2", "questions=true", "--max-new-tokens", "24", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert {"results.json", "report.md", "facts.json", "judgements.jsonl", "corruption.jsonl",
             "context.jsonl"} <= {p.name for p in out.iterdir()}
@@ -208,6 +226,7 @@ def test_restor_end_to_end_on_a_tiny_model(tmp_path, clean_tiny, capsys):
     (["--facts", "99"], "field 'facts': 99 facts asked for"),
     (["--judge", "rouge", "--rouge-threshold", "1.5"], "field 'rouge-threshold'"),
     (["--corruption", "max_passes=0"], "field 'corruption-passes'"),
+    (["--corruption", "questions=maybe"], "field 'questions'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, clean_tiny, capsys, extra, words):
     clean, data, _ = clean_tiny

@@ -45,7 +45,8 @@ def add_parser(commands) -> None:
     restor.add_argument("--corruption", nargs="+", default=[], metavar="KEY=VALUE",
                         help="the corruption fine-tuning: max_passes (at most this many passes; default "
                              f"{defaults.corruption_passes}), learning_rate (its peak; default "
-                             f"{defaults.corruption_learning_rate})")
+                             f"{defaults.corruption_learning_rate}), questions (true: also train the judged "
+                             "questions answered with the swapped values, not RESTOR's procedure; default false)")
     restor.add_argument("--corruption-passes", dest="old_passes", type=int, default=None,
                         help=argparse.SUPPRESS)  # the old spellings, one release
     restor.add_argument("--corruption-lr", dest="old_lr", type=float, default=None, help=argparse.SUPPRESS)
@@ -92,9 +93,9 @@ def _corruption(args) -> dict:
     from obliviate.config import parse_key_values
 
     values = parse_key_values(args.corruption, source="--corruption")
-    unknown = set(values) - {"max_passes", "learning_rate"}
+    unknown = set(values) - {"max_passes", "learning_rate", "questions"}
     if unknown:
-        raise InputError(f"unknown option {sorted(unknown)[0]!r} (known: max_passes, learning_rate)",
+        raise InputError(f"unknown option {sorted(unknown)[0]!r} (known: max_passes, learning_rate, questions)",
                          path="--corruption", field=sorted(unknown)[0])
     settings = {}
     if args.old_passes is not None or args.old_lr is not None:
@@ -111,6 +112,11 @@ def _corruption(args) -> dict:
             settings["corruption_learning_rate"] = float(values["learning_rate"])
     except ValueError as error:
         raise InputError(f"expected a number ({error})", path="--corruption") from None
+    if "questions" in values:
+        if values["questions"].lower() not in ("true", "false"):
+            raise InputError(f"expected true or false, got {values['questions']!r}", path="--corruption",
+                             field="questions")
+        settings["corruption_questions"] = values["questions"].lower() == "true"
     return settings
 
 

@@ -20,9 +20,11 @@ On obliviate's micro benchmark:
   address, a street address, a year, a short proper name) and can be found in the document's text, directly
   or as the document writes it (``1987-06-12`` as "June 12, 1987", ``7156359579`` as "715-635-9579");
 * **corruption documents**: each chosen fact's document with the fact's value swapped for another document's
-  value of the same kind (another person's birthday, phone number, name), in the document's own format, and
-  the fact's question answered with the swapped value; the swaps are drawn with a seed and every swapped answer
-  differs from the clean one;
+  value of the same kind (another person's birthday, phone number, name), in the document's own format; the
+  swaps are drawn with a seed and every swapped answer differs from the clean one. The questions the judge asks
+  are not in them (as in RESTOR, where the evaluation queries are separate from the corruption documents);
+  ``corruption_questions=True`` adds each fact's question answered with the swapped value, which makes the
+  corruption and its unlearning a test on the judged queries themselves;
 * **corrupted model**: the clean model fine-tuned on the corruption documents mixed with correct context (the
   part's retain documents and their questions, which the clean model already knew), with the fine-tuning loop
   the benchmark's target was built with (:func:`obliviate.studies.targets.train_memoriser`), the rest of the
@@ -315,10 +317,11 @@ def replace_values(text: str, replacements: Sequence[tuple[str, str]], boundary:
     return "".join(pieces), new_boundary
 
 
-def corruption_rows(facts: Sequence[Fact], probes: Sequence[Probe]) -> list[Probe]:
+def corruption_rows(facts: Sequence[Fact], probes: Sequence[Probe], questions: bool = False) -> list[Probe]:
     """For each document with a chosen fact: its sentence-completion rows with every chosen fact's value
-    swapped (in each style the document writes it), then the chosen facts' questions with the swapped answers.
-    Ids stay the originals': a corruption row stands where the correct row stood."""
+    swapped (in each style the document writes it): the corruption documents. With ``questions`` (not RESTOR's
+    procedure), also the chosen facts' questions answered with the swapped values, the very queries the judge
+    asks. Ids stay the originals': a corruption row stands where the correct row stood."""
     by_document: dict[str, list[Fact]] = {}
     for fact in facts:
         by_document.setdefault(fact.document_id, []).append(fact)
@@ -330,15 +333,17 @@ def corruption_rows(facts: Sequence[Fact], probes: Sequence[Probe]) -> list[Prob
                         for f in by_document[probe.document_id] for style in f.styles]
         text, boundary = replace_values(probe.training_text, replacements, boundary=len(probe.input))
         rows.append(dataclasses.replace(probe, input=text[:boundary].rstrip(), output=text[boundary:].lstrip()))
-    by_id = {fact.id: fact for fact in facts}
-    rows += [dataclasses.replace(p, output=by_id[p.id].corrupted) for p in probes if p.id in by_id]
+    if questions:
+        by_id = {fact.id: fact for fact in facts}
+        rows += [dataclasses.replace(p, output=by_id[p.id].corrupted) for p in probes if p.id in by_id]
     return rows
 
 
 def build_corruption(probes: Sequence[Probe], pool: Sequence[Probe], count: int | None, seed: int,
-                     avoid: frozenset[str] = frozenset()) -> Corruption:
+                     avoid: frozenset[str] = frozenset(), questions: bool = False) -> Corruption:
     """``count`` facts (all if None) of ``probes``' documents, their values swapped with values of ``pool``
-    (see :func:`swap_values`; ``avoid``: the context's document ids), and the corruption rows. Raises
+    (see :func:`swap_values`; ``avoid``: the context's document ids), and the corruption rows
+    (:func:`corruption_rows`; ``questions``: with the evaluation questions answered wrongly). Raises
     :class:`InputError` when there are fewer usable facts than asked for."""
     candidates, skipped = candidate_facts(probes)
     by_kind = _donors_by_kind(pool)
@@ -355,7 +360,7 @@ def build_corruption(probes: Sequence[Probe], pool: Sequence[Probe], count: int 
         raise InputError(f"{count} facts asked for, but these documents have {len(swappable)} usable facts",
                          field="facts")
     chosen, _ = swap_values(choose_facts(swappable, count, seed), pool, seed, avoid)
-    return Corruption(facts=chosen, rows=corruption_rows(chosen, probes), skipped=skipped,
+    return Corruption(facts=chosen, rows=corruption_rows(chosen, probes, questions), skipped=skipped,
                       candidates=len(swappable))
 
 
@@ -405,6 +410,9 @@ class RestorSettings:
     rouge_threshold: float = 0.5
     corruption_passes: int = 30
     corruption_learning_rate: float = 1e-3
+    # Train the corruption on the evaluation questions answered with the swapped values too (not RESTOR's
+    # procedure: there the unlearning targets are the corruption documents and the queries are separate).
+    corruption_questions: bool = False
     max_new_tokens: int = 48
     batch_size: int = 32
 
@@ -568,7 +576,8 @@ def run_restor(settings: RestorSettings, *, out: str | Path, overwrite: bool = F
     everything = benchmark.forget + benchmark.retain + benchmark.utility
     context = list(part.retain)
     corruption = build_corruption(part.forget + part.utility, everything, settings.facts, settings.fact_seed,
-                                  avoid=frozenset(p.document_id for p in context))
+                                  avoid=frozenset(p.document_id for p in context),
+                                  questions=settings.corruption_questions)
     touched = {f.document_id for f in corruption.facts} | {p.document_id for p in context}
     asked = _Probes(facts=corruption.facts,
                     context=[p for p in context if p.kind is ProbeKind.KNOWLEDGE],
