@@ -58,7 +58,11 @@ def add_parser(commands) -> None:
     unlearn.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                          help="save a Trainer checkpoint every STEPS optimizer steps beside the output "
                               "(.OUT.resume/); killed and run again with the same command, the run continues from "
-                              "the newest one (default: a fifth of max_steps; 0: no checkpoints)")
+                              "the newest one (default: by time, see --checkpoint-minutes; 0: no checkpoints)")
+    unlearn.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
+                         help="without --checkpoint-every: the first checkpoint after M minutes of training, the "
+                              "next ones no sooner and never more than 5%% of the run's time spent writing them, "
+                              "measured (default 10; a shorter run writes none)")
 
 
 def run(args) -> int:
@@ -112,7 +116,8 @@ def run(args) -> int:
     job = UnlearnJob(model=Path(args.model), forget=forget, retain=retain, plan=run_plan, out=Path(args.out),
                      forget_path=Path(forget_path), retain_path=Path(retain_path) if retain_path else None,
                      base=Path(base_dir) if base_dir else None, calibration=calibration, dtype=args.dtype,
-                     overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, gate=gate,
+                     overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
+                     checkpoint_minutes=args.checkpoint_minutes, gate=gate,
                      command=command_line())
     outcome = run_job(job, log=log_line)
     if not outcome.wrote:

@@ -35,7 +35,8 @@ class UnlearnJob:
     calibration: Sequence[Document] = ()
     dtype: str = "float32"
     overwrite: bool = False
-    checkpoint_every: int | None = None  # None: a fifth of max_steps; 0: no checkpoints
+    checkpoint_every: int | None = None  # None: by time (checkpoint_minutes, resume.DEFAULT_BUDGET); 0: none
+    checkpoint_minutes: float | None = None  # the time policy's shortest interval (None: resume.DEFAULT_MINUTES)
     gate: GateThresholds | None = field(default_factory=GateThresholds)  # None: no gate
     command: str = ""
 
@@ -65,6 +66,8 @@ def check_job(job: UnlearnJob, engine: str | None) -> None:
         raise InputError("interpolate mixes whole weights; under FSDP and ZeRO-3 they are sharded", field="interpolate")
     if job.checkpoint_every is not None and job.checkpoint_every < 0:
         raise InputError(f"must be >= 0, got {job.checkpoint_every}", field="checkpoint-every")
+    if job.checkpoint_minutes is not None and not job.checkpoint_minutes > 0:
+        raise InputError(f"must be > 0, got {job.checkpoint_minutes}", field="checkpoint-minutes")
 
 
 def fsdp2(engine: str) -> bool:
@@ -90,7 +93,7 @@ def run_job(job: UnlearnJob, log: Callable[[str], None] = print) -> UnlearnOutco
     engine = sharding_engine()
     check_job(job, engine)
     method_cls = get_method(job.plan.method_name)
-    every = job.checkpoint_every if job.checkpoint_every is not None else max(1, job.plan.training.max_steps // 5)
+    every = job.checkpoint_every  # None: by time
     started = time.time()
     place = str(device())
 
@@ -104,8 +107,9 @@ def run_job(job: UnlearnJob, log: Callable[[str], None] = print) -> UnlearnOutco
     if is_main_process():
         log(estimate_line(estimate))
     checkpointing = None
-    if every > 0:  # once the model has loaded: a model that cannot be read leaves no checkpoint directory behind
-        from obliviate.training.resume import Checkpointing, prepare, resume_dir
+    if every != 0:  # once the model has loaded: a model that cannot be read leaves no checkpoint directory behind
+        from obliviate.training.resume import (DEFAULT_BUDGET, DEFAULT_MINUTES, Checkpointing, checkpoint_bytes,
+                                               measure_write_speed, prepare, resume_dir)
 
         # Everything that decides the trained weights (the output path decides only where they go).
         fingerprint = {"model": str(job.model.resolve()), "model_files": file_stamps(job.model),
@@ -113,10 +117,22 @@ def run_job(job: UnlearnJob, log: Callable[[str], None] = print) -> UnlearnOutco
                        "retain_sha256": sha256_input(job.retain_path) if job.retain_path is not None else None,
                        "plan": job.plan.options(), "method": job.plan.method_name, "dtype": job.dtype,
                        "base": str(job.base) if job.base else None}
+        minutes = job.checkpoint_minutes or DEFAULT_MINUTES
+        size, predicted = checkpoint_bytes(estimate), 0.0
         if is_main_process():  # one process decides whether old checkpoints belong to this run
-            prepare(job.out, fingerprint, every, log=log)
+            prepare(job.out, fingerprint, every or 0, log=log)
+            if every is None:
+                speed = measure_write_speed(resume_dir(job.out))
+                predicted = size / speed
+                log(f"checkpoints: about {size / 2**30:.2f} GiB each, about {predicted:.1f} s to write here "
+                    f"({speed / 2**20:.0f} MiB/s measured); one after {minutes:g} min of training at the "
+                    f"earliest, then at most {DEFAULT_BUDGET:.0%} of the run's time (only the newest is kept; "
+                    f"--checkpoint-every STEPS to choose, 0 for none)")
+            else:
+                log(f"checkpoints: about {size / 2**30:.2f} GiB each, every {every} steps (only the newest is kept)")
         wait_for_everyone()
-        checkpointing = Checkpointing(resume_dir(job.out), every)
+        checkpointing = Checkpointing(resume_dir(job.out), every or 0, minutes=minutes,
+                                      predicted_write_seconds=predicted)
     if job.gate is not None:
         from obliviate.training.gate import gate_texts, measure
 

@@ -223,10 +223,13 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     use_cpu = not torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="obliviate-trainer-") as scratch:
         saving = {"save_strategy": "no"}
+        timed = checkpointing.callback() if checkpointing is not None else None
         if checkpointing is not None:
-            # Full checkpoints (optimizer, scheduler, RNG): a resumed run must continue exactly; two are kept so
-            # that one is complete while the next is being written.
-            saving = {"save_strategy": "steps", "save_steps": checkpointing.every, "save_total_limit": 2}
+            # Full checkpoints (optimizer, scheduler, RNG): a resumed run must continue exactly. Only the newest is
+            # kept: the Trainer removes the older one after the new one is complete. By time (timed), the
+            # callback asks for each save; the strategy stays "no".
+            saving = {"save_total_limit": 1, **({"save_strategy": "steps", "save_steps": checkpointing.every}
+                                                if timed is None else {"save_strategy": "no"})}
         args = TrainingArguments(
             output_dir=str(checkpointing.directory) if checkpointing is not None else scratch,
             max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
@@ -258,6 +261,8 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         _quiet_log_printing(trainer)
         for callback in callbacks:
             trainer.add_callback(callback)
+        if timed is not None:
+            trainer.add_callback(timed)
         stop = None
         if references is not None:
             import math
@@ -324,6 +329,9 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     }
     if stop is not None:
         record["calibration"] = stop.record()
+    if checkpointing is not None:
+        record["checkpoints"] = timed.record() if timed is not None else {"policy": "steps",
+                                                                          "every": checkpointing.every}
     del reference_model, base_model, trainer
     return record
 
