@@ -3,6 +3,11 @@ the oracle's: how the figures in docs/results.md that name this script were made
 
     python experiments/part_run.py validation "AntiExpert" "AntiExpert offset=full"
     python experiments/part_run.py test AntiExpert --seeds 0,1
+    python experiments/part_run.py test AntiExpert --seeds 1,2 --recalibrate   # also reference_drift=target
+
+``--recalibrate``: after each AntiExpert run, the same wrapper (the same trained anti-expert) is calibrated
+again with the other ``reference_drift`` and scored again, so that the two calibrations are compared on one
+anti-expert instead of two trainings.
 
 The part is ``split_benchmark``'s (validation: where defaults are chosen; test: where they are reported); the
 target and oracle are the benchmark's seed-0 pair (prebuilt or cached); each entry's ``max_steps`` is scaled to
@@ -29,6 +34,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0", help="unlearning seeds, comma-separated (default 0)")
     parser.add_argument("--cache-dir", default=None, help="model cache (see obliviate demo)")
     parser.add_argument("--out", default="part-runs", help="evaluations and records are written here")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="AntiExpert entries: also score the same wrapper calibrated with the other reference_drift")
     args = parser.parse_args()
 
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
@@ -92,6 +99,30 @@ def main() -> None:
             nonmember = statistics.fmean(results["mia_losses"]["nonmember"])
             report(name, results, target, f"steps={result.record['steps']} unlearn_seconds={seconds:.0f} "
                                           f"member_loss={member:.3f} nonmember_loss={nonmember:.3f}")
+            if args.recalibrate and plan.method_name == "AntiExpert":
+                recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target)
+
+
+def recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target) -> None:
+    """Calibrate the wrapper of an AntiExpert run again with the other reference_drift; score it."""
+    from obliviate.methods.anti_expert import calibrate_weight, document_losses_under
+    from obliviate.models.loading import load_model
+    from obliviate.training.calibration import build_references
+
+    tokenizer = models.tokenizer
+    references = build_references(tokenizer, part.forget, part.calibration,
+                                  load_model(base_dir, device=None).model, margin=plan.training.calibration_margin)
+    other = "target" if plan.method_config.reference_drift == "served" else "served"
+    fixed = document_losses_under(result.model.target, tokenizer, references.calibration_texts) \
+        if other == "target" else None
+    record = calibrate_weight(result.model, tokenizer, references, 0.0, plan.method_config.max_expert_weight,
+                              calibration_losses=fixed)
+    label = f"{name} recalibrated reference_drift={other}"
+    results = evaluated(label, result.model)
+    member = statistics.fmean(results["mia_losses"]["member"])
+    nonmember = statistics.fmean(results["mia_losses"]["nonmember"])
+    report(label, results, target, f"expert_weight={record['expert_weight']:.3f} member_loss={member:.3f} "
+                                   f"nonmember_loss={nonmember:.3f}")
 
 
 if __name__ == "__main__":

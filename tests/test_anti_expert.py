@@ -130,6 +130,31 @@ def test_calibrated_weight_puts_the_forget_documents_at_their_reference(tiny_tok
         assert abs(calibration["mean_loss"] - calibration["mean_reference"]) <= 0.01 or len(search) == 13
 
 
+def test_calibration_drift_is_the_targets_or_the_served_models(tiny_tokenizer, bundled_probes):
+    """reference = base loss + drift; with reference_drift=target the drift is a fixed model's (the target's) on
+    the calibration documents, whatever weight is tried; served: the wrapper's own at each weight."""
+    import statistics
+
+    from obliviate.methods.anti_expert import calibrate_weight, document_losses_under
+    from obliviate.training.calibration import References
+
+    result, target, *_ = _run(tiny_tokenizer, bundled_probes, calibrate="false", max_steps="4")
+    wrapper = result.model
+    texts = [p.training_text for p in bundled_probes["forget"][:3]]
+    calibration_texts = [p.training_text for p in bundled_probes["retain"][:2]]
+    references = References(["a", "b", "c"], texts, base_losses=[3.0, 4.0, 5.0], calibration_texts=calibration_texts,
+                            calibration_base_losses=[2.0, 3.0])
+    fixed = [2.5, 3.7]  # drift (0.5 + 0.7) / 2 = 0.6
+    record = calibrate_weight(wrapper, tiny_tokenizer, references, 0.0, 4.0, calibration_losses=fixed)
+    assert record["mean_reference"] == pytest.approx(4.0 + 0.6)
+    served = calibrate_weight(wrapper, tiny_tokenizer, references, 0.0, 4.0)
+    wrapper.expert_weight = served["expert_weight"]
+    own = document_losses_under(wrapper, tiny_tokenizer, calibration_texts)
+    assert served["mean_reference"] == pytest.approx(4.0 + statistics.fmean([own[0] - 2.0, own[1] - 3.0]), abs=1e-4)
+    with pytest.raises(InputError, match="reference_drift"):
+        plan("AntiExpert", {"reference_drift": "oracle"})
+
+
 def test_replayed_texts_avoid_the_forget_text_and_every_bundled_benchmark_document():
     from obliviate.data.benchmark import bundled_names, load_bundled
     from obliviate.models.base import load_corpus

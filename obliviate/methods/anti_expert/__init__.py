@@ -29,9 +29,14 @@ directly, on the base, and subtracts it in logit space:
    anti-expert unlearnt while memorising, noise on text outside the forget set.
 3. *Calibration* (``calibrate=true``, the default): ``expert_weight`` is chosen so that the forget documents'
    mean loss under the combination equals their mean reference (``obliviate.training.calibration``: the base's
-   loss on each document plus the drift that calibration documents, text no model saw, show under the
-   combination), by bisection on [0, ``max_expert_weight``]. Forgetting then aims at the oracle, neither short
-   of nor past text never seen. With ``calibrate=false`` the weight is ``expert_weight``.
+   loss on each document plus a drift measured on calibration documents, text no model saw), by bisection on
+   [0, ``max_expert_weight``]. Forgetting then aims at the oracle, neither short of nor past text never seen.
+   ``reference_drift="served"`` (the default) takes the drift the combination itself shows at each weight
+   tried: the offset also raises the loss of unseen text like the forget documents, and the forget documents
+   are aimed at that raised level, so that they stay level with such text (what a membership test compares).
+   ``"target"`` takes the target's drift, fixed: the absolute level of text the oracle never saw, which leaves
+   the forget documents below unseen text the offset has raised. With ``calibrate=false`` the weight is
+   ``expert_weight``.
 
 The target's weights are not changed: the result is a wrapper directory (target, base, anti-expert and the two
 inference options) that ``load_model`` reads as one causal LM, three forward passes per token. Whoever holds
@@ -71,11 +76,16 @@ class AntiExpertConfig:
     # whole log-ratio (model.py).
     offset: Literal["full", "suppress"] = "suppress"
     relative_top: float = 0.0  # generation keeps to the target's relative-top set (0: every token)
+    # calibrate: whose drift on the calibration documents the reference adds to the base's loss (docstring, 3.)
+    reference_drift: Literal["served", "target"] = "served"
 
     def __post_init__(self):
+        from obliviate.errors import InputError
         from obliviate.methods.anti_expert.model import check_options
 
         check_options(self.expert_weight, self.relative_top, self.offset)
+        if self.reference_drift not in ("served", "target"):
+            raise InputError(f"expected served or target, got {self.reference_drift!r}", field="reference_drift")
         require_positive(self, "max_expert_weight")
         require_non_negative(self, "retain_weight", "replay")
 
@@ -150,16 +160,18 @@ def document_losses_under(model, tokenizer, texts: list[str], batch_size: int = 
 
 
 def calibrate_weight(wrapper, tokenizer, references, low: float, high: float, tolerance: float = 0.01,
-                     iterations: int = 12) -> dict:
+                     iterations: int = 12, calibration_losses: list[float] | None = None) -> dict:
     """Bisection on ``wrapper.expert_weight`` in [low, high] for mean forget loss = mean reference (the gap
     ``f(w) = mean_d L_w(d) - mean_d reference_w(d)`` rises with w); leaves the chosen weight on the wrapper and
-    returns the search's record."""
+    returns the search's record. ``calibration_losses``: a fixed model's losses on the calibration documents
+    (the target's) for the drift; None: the wrapper's own at each weight."""
 
     def gap(weight: float) -> tuple[float, list[float], list[float]]:
         wrapper.expert_weight = weight
         losses = document_losses_under(wrapper, tokenizer, references.texts)
-        calibration = document_losses_under(wrapper, tokenizer, references.calibration_texts) \
-            if references.calibration_texts else None
+        calibration = calibration_losses
+        if calibration is None and references.calibration_texts:
+            calibration = document_losses_under(wrapper, tokenizer, references.calibration_texts)
         levels, _ = references.levels(calibration)
         return statistics.fmean(losses) - statistics.fmean(levels), losses, levels
 
@@ -249,7 +261,13 @@ class AntiExpert:
                    "relative_top": self.config.relative_top}
         if settings.calibrate:
             references = build_references(tokenizer, forget, calibration, base, margin=settings.calibration_margin)
+            fixed = None
+            if self.config.reference_drift == "target" and references.calibration_texts:
+                fixed = document_losses_under(model, tokenizer, references.calibration_texts)
             details["calibration"] = calibrate_weight(wrapper, tokenizer, references, 0.0,
-                                                      self.config.max_expert_weight)
+                                                      self.config.max_expert_weight, calibration_losses=fixed)
+            details["calibration"]["reference_drift"] = self.config.reference_drift
+            if references.base_losses is not None:
+                details["calibration"]["drift"] = references.levels(fixed)[1] if fixed is not None else None
         details["expert_weight"] = wrapper.expert_weight
         return wrapper, {**record, "anti_expert": details}
