@@ -444,8 +444,10 @@ def test_the_catalogue_covers_every_kind_of_input():
 
 
 def _is_progress(line: str) -> bool:
-    """Progress bars and the memory estimate a run prints before it starts: output of a run under way, not errors."""
-    return not line.strip() or ("%|" in line and "it/s]" in line) or line.startswith("memory: needs about")
+    """Progress bars, the memory estimate and the checkpoints' cost a run prints before it starts: output of a run
+    under way, not errors."""
+    return not line.strip() or ("%|" in line and "it/s]" in line) or line.startswith(
+        ("memory: needs about", "checkpoints: about"))
 
 
 def _tree(path: Path) -> dict:

@@ -186,7 +186,7 @@ def test_dp_sgd_clips_each_documents_gradient_and_adds_noise_of_the_stated_scale
     examples = document_examples(bundled_probes["retain"][:12])[:4]
     config = DPConfig(max_grad_norm=0.5, expected_batch_size=2, max_length=48)
     torch.manual_seed(0)
-    model = build_tiny_model(tiny_tokenizer)
+    model = build_tiny_model(tiny_tokenizer).train()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     private_model, optimizer, (input_ids, mask) = _private(model, tiny_tokenizer, examples, config, 0.0)
     scale = 1000.0  # each document's raw gradient is far above the bound
@@ -205,7 +205,7 @@ def test_dp_sgd_clips_each_documents_gradient_and_adds_noise_of_the_stated_scale
     assert private.norm() <= config.max_grad_norm * 2 / config.expected_batch_size * (1 + 1e-4)
     # A flipped clipping (no bound) or a missing division would fail the line above; now the noise.
     noise_multiplier = 1.5
-    model = build_tiny_model(tiny_tokenizer)
+    model = build_tiny_model(tiny_tokenizer).train()
     private_model, optimizer, (input_ids, mask) = _private(model, tiny_tokenizer, examples, config, noise_multiplier)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -58,10 +58,7 @@ def test_corruption_swaps_every_value_and_only_the_values(bundled_parts):
         assert fact.corrupted.strip().lower() != fact.answer.strip().lower()
         assert answer_kind(donor.input, donor.output) == fact.kind
         assert donor.document_id not in corrupted_documents | context_documents
-    rows = {p.id: p for p in corruption.rows}
     originals = {p.id: p for p in test.forget + test.utility}
-    for fact in facts:
-        assert rows[fact.id].output == fact.corrupted and rows[fact.id].input == fact.question
     for row in corruption.rows:
         if row.kind is not ProbeKind.REGURGITATION:
             continue
