@@ -145,21 +145,23 @@ class TimedCheckpoints(TrainerCallback):
         return {"policy": "time", "minutes": self.minutes, "budget": self.budget, "saves": self.saves}
 
 
-def measure_write_speed(directory: Path, size: int = 64 * 2**20) -> float:
-    """Bytes per second of writing ``size`` bytes to a file in ``directory`` and syncing it to disk (the file is
-    removed): what the time policy predicts the first checkpoint's write from."""
+def measure_write_speed(directory: Path, size: int = 16 * 2**20) -> float:
+    """Bytes per second of writing about ``size`` bytes (whole MiB, at least one) to a file in ``directory`` and
+    syncing it to disk (the file is removed): what the time policy predicts the first checkpoint's write from.
+    Small on purpose: it runs before every run's training."""
     directory.mkdir(parents=True, exist_ok=True)
     probe = directory / ".write-speed"
     block = os.urandom(2**20)
+    blocks = max(1, size // len(block))
     started = time.perf_counter()
     with open(probe, "wb") as handle:
-        for _ in range(max(1, size // len(block))):
+        for _ in range(blocks):
             handle.write(block)
         handle.flush()
         os.fsync(handle.fileno())
     seconds = time.perf_counter() - started
     probe.unlink()
-    return max(1, size // len(block)) * len(block) / max(seconds, 1e-6)
+    return blocks * len(block) / max(seconds, 1e-6)
 
 
 def checkpoint_bytes(estimate: dict) -> int:

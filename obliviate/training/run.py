@@ -122,7 +122,7 @@ def run_job(job: UnlearnJob, log: Callable[[str], None] = print) -> UnlearnOutco
         if is_main_process():  # one process decides whether old checkpoints belong to this run
             prepare(job.out, fingerprint, every or 0, log=log)
             if every is None:
-                speed = measure_write_speed(resume_dir(job.out))
+                speed = measure_write_speed(resume_dir(job.out), size=min(size, 16 * 2**20))
                 predicted = size / speed
                 log(f"checkpoints: about {size / 2**30:.2f} GiB each, about {predicted:.1f} s to write here "
                     f"({speed / 2**20:.0f} MiB/s measured); one after {minutes:g} min of training at the "
