@@ -1,5 +1,6 @@
-"""Worst-case forget sets (obliviate/studies/worst_case.py): the projection, the unrolled gradient, the selection
-and ``obliviate forget-set`` end to end on tiny settings."""
+"""Worst-case forget sets (obliviate/studies/worst_case.py): the projection, the paper's upper-level step and
+binarisation, its sign-SGD lower level, the unrolled gradient, the selection and ``obliviate forget-set`` end to
+end on tiny settings."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import torch
 
 from obliviate.cli import main
 from obliviate.data.lume import load_probes
-from obliviate.studies.worst_case import (SelectionSettings, UnrolledObjective, documents_of, project_capped_simplex,
-                                       select_worst_case, top_m, unrolled_names)
+from obliviate.studies.worst_case import (SelectionSettings, UnrolledObjective, binarised, documents_of,
+                                          paper_upper_step, project_capped_simplex, select_worst_case, top_m,
+                                          unrolled_names)
 from obliviate.errors import InputError
 from obliviate.training.unlearn import plan
 
@@ -58,6 +60,104 @@ def test_top_m_breaks_ties_by_position():
     assert top_m([0.5, 0.5, 0.5], 2) == [0, 1]
 
 
+# ------------------------------------------------------------------------------------ the paper's upper level
+
+
+def test_paper_upper_step_hand_computed():
+    """w - 0.1 (l + 2 gamma w), then the projection onto sum 2 (a common shift tau, no clipping here)."""
+    weights, losses = [0.6, 0.4, 0.5, 0.5], [1.0, 2.0, 0.0, 1.0]
+    # gamma = 0: w - 0.1 l = [0.5, 0.2, 0.5, 0.4], sum 1.6, tau = -0.1.
+    assert paper_upper_step(weights, losses, 2, 0.1, 0.0).tolist() == pytest.approx([0.6, 0.3, 0.6, 0.5], abs=1e-9)
+    # gamma = 0.5: 2 gamma w = w, w - 0.1 (l + w) = [0.44, 0.16, 0.45, 0.35], sum 1.4, tau = -0.15. The penalty
+    # takes weight from the largest (0.6 -> 0.59) and gives it to the smallest (0.3 -> 0.31).
+    assert paper_upper_step(weights, losses, 2, 0.1, 0.5).tolist() == pytest.approx([0.59, 0.31, 0.60, 0.50],
+                                                                                   abs=1e-9)
+
+
+def test_paper_upper_step_moves_weight_to_the_lowest_losses():
+    """From equal weights, the step's order is the reverse of the losses': what stays remembered gains."""
+    losses = torch.tensor([0.9, 0.1, 0.5, 2.0, 0.3], dtype=torch.float64)
+    stepped = paper_upper_step(torch.full((5,), 0.4, dtype=torch.float64), losses, 2, 0.2, 0.05)
+    assert float(stepped.sum()) == pytest.approx(2, abs=1e-9)
+    assert sorted(range(5), key=lambda i: -float(stepped[i])) == sorted(range(5), key=lambda i: float(losses[i]))
+
+
+@pytest.mark.parametrize("weights, size, expected", [
+    ([0.5, 0.5, 0.5, 0.5], 2, [1, 1, 0, 0]),  # all tied: the first two
+    ([0.1, 0.7, 0.7, 0.7, 0.2], 2, [0, 1, 1, 0, 0]),  # three tied for two places
+    ([0.9, 0.0, 0.3], 3, [1, 1, 1]),
+])
+def test_binarised_gives_exactly_m_ones(weights, size, expected):
+    assert binarised(weights, size).tolist() == expected
+
+
+# ------------------------------------------------------------------------------------ the paper's lower level
+
+
+def test_sign_descent_moves_every_weight_by_the_step(tiny_lume_dir, tiny_model, tiny_tokenizer):
+    """Each sign-SGD step moves every parameter by exactly inner_lr (or not at all where its gradient is 0), from
+    the original weights, which stay untouched."""
+    pool = _pool(tiny_lume_dir, 3)
+    original = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    settings = SelectionSettings(size=1, unroll_steps=1, inner_lr=0.01)
+    objective = UnrolledObjective(tiny_model, tiny_tokenizer, documents_of(pool),
+                                  plan("GradDiff", {"max_length": "24"}), settings)
+    try:
+        moved = objective.sign_descent(torch.tensor([1.0, 0.0, 0.0]))
+    finally:
+        objective.close()
+    assert set(moved) == set(original)  # procedure=paper moves every parameter by default
+    changes = torch.cat([(moved[name] - original[name]).abs().flatten() for name in moved])
+    assert float((changes > 0).float().mean()) > 0.5
+    assert torch.allclose(changes[changes > 0], torch.full_like(changes[changes > 0], 0.01), atol=1e-6)
+    for name, parameter in tiny_model.named_parameters():
+        assert torch.equal(parameter, original[name]), "the model itself is only read"
+
+
+def test_paper_selection_steps_towards_what_stays_remembered(tiny_lume_dir, tiny_model, tiny_tokenizer):
+    """One iteration: the lower level forgets the starting set (its NLL rises more than the others'), and the
+    weights end where the upper step computed by hand from the recorded losses puts them."""
+    pool = _pool(tiny_lume_dir, 4)
+    run_plan = plan("GradDiff", {"max_length": "24"})
+    settings = SelectionSettings(size=2, iterations=1, unroll_steps=2, inner_lr=0.01, outer_lr=0.3, l2_penalty=0.1,
+                                 binarise_every=5, seed=1)
+    selection = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan, settings)
+    extra = selection.extra
+    assert extra["procedure"] == "paper" and extra["settings"]["l2_penalty"] == 0.1 and extra["binarised_at"] == []
+    ids = selection.document_ids
+    start = torch.tensor([1.0 if doc in extra["start"] else 0.0 for doc in ids], dtype=torch.float64)
+    assert len(extra["start"]) == 2
+    after = extra["nll_after_lower_level"][0]
+    rise = [a - b for a, b in zip(after, selection.nll_before)]
+    inside = [rise[i] for i in range(4) if start[i] == 1]
+    outside = [rise[i] for i in range(4) if start[i] == 0]
+    assert min(inside) > max(outside), "the weighted unlearning forgets the weighted documents"
+    expected = paper_upper_step(start, after, 2, 0.3, 0.1)
+    assert selection.weights == pytest.approx(expected.tolist(), abs=1e-9)
+    assert selection.objective == pytest.approx([float((start * torch.tensor(after, dtype=torch.float64)).sum())])
+    assert selection.chosen == [ids[i] for i in top_m(expected.tolist(), 2)]
+
+
+def test_paper_selection_binarises_on_schedule_and_follows_its_seed(tiny_lume_dir, tiny_model, tiny_tokenizer):
+    pool = _pool(tiny_lume_dir, 4)
+    run_plan = plan("GradDiff", {"max_length": "24"})
+
+    def select(seed, **values):
+        return select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan,
+                                 SelectionSettings(size=2, iterations=2, unroll_steps=1, seed=seed, **values))
+
+    first = select(0, binarise_every=1)
+    assert first.extra["binarised_at"] == [1, 2]
+    assert sorted(first.weights) == [0.0, 0.0, 1.0, 1.0]
+    assert len(first.extra["chosen_per_iteration"]) == 2
+    assert first.extra["settings"]["inner_lr"] == pytest.approx(  # the default step, with K = 1
+        run_plan.training.learning_rate * run_plan.training.max_steps ** 0.5)
+    again = select(0, binarise_every=1)
+    assert again.weights == first.weights and again.objective == first.objective
+    starts = {tuple(select(seed, binarise_every=3).extra["start"]) for seed in range(4)}
+    assert len(starts) > 1, "the seed draws the starting set"
+
+
 # ------------------------------------------------------------------------------------ the unrolled gradient
 
 
@@ -74,7 +174,7 @@ def test_gradient_through_the_unroll_matches_finite_differences(method, layers, 
     part of it (not only the direct term NLL_i(theta_K)) is checked to be there."""
     model = tiny_model.double()
     pool = _pool(tiny_lume_dir, 3)
-    settings = SelectionSettings(size=1, unroll_steps=2, inner_lr=0.5, unroll_layers=layers)
+    settings = SelectionSettings(size=1, procedure="unrolled", unroll_steps=2, inner_lr=0.5, unroll_layers=layers)
     unrolled = UnrolledObjective(model, tiny_tokenizer, documents_of(pool), plan(method, {"max_length": "24"}),
                                  settings)
     try:
@@ -109,7 +209,7 @@ def test_unrolled_names_take_the_last_layers(tiny_model):
 def test_selection_is_deterministic_by_seed(tiny_lume_dir, tiny_model, tiny_tokenizer):
     pool = _pool(tiny_lume_dir, 4)
     run_plan = plan("GradDiff", {"max_length": "24"})
-    settings = SelectionSettings(size=2, unroll_steps=1, iterations=2, inner_lr=1.0, seed=3)
+    settings = SelectionSettings(size=2, procedure="unrolled", unroll_steps=1, iterations=2, inner_lr=1.0, seed=3)
     first = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan, settings)
     second = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan, settings)
     assert first.weights == second.weights and first.chosen == second.chosen
@@ -117,7 +217,8 @@ def test_selection_is_deterministic_by_seed(tiny_lume_dir, tiny_model, tiny_toke
     assert sum(first.weights) == pytest.approx(2, abs=1e-9)
     assert len(first.chosen) == 2 and set(first.chosen) <= set(first.document_ids)
     other = select_worst_case(tiny_model, tiny_tokenizer, pool, run_plan,
-                              SelectionSettings(size=2, unroll_steps=1, iterations=2, inner_lr=1.0, seed=4))
+                              SelectionSettings(size=2, procedure="unrolled", unroll_steps=1, iterations=2,
+                                                inner_lr=1.0, seed=4))
     assert other.weights != first.weights  # the seed moves the starting point
 
 
@@ -136,7 +237,7 @@ def test_selection_refuses_unsupported_methods_and_options(tiny_lume_dir, tiny_m
 def _forget_set(tiny_model_dir, pool, out, *extra, options=("max_length=24",)):
     return main(["forget-set", "--worst-case", "2", "--method", "GradDiff", *options, "--pool", str(pool),
                  "--model", str(tiny_model_dir), "--out", str(out), "--selection", "unroll_steps=1", "iterations=2",
-                 "inner_lr=1.0", *extra])
+                 *extra])
 
 
 def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
@@ -158,6 +259,11 @@ def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, t
     assert sorted(record["weights"], key=lambda d: -record["weights"][d])[:2] == sorted(
         chosen, key=lambda d: -record["weights"][d])
     assert record["unroll_steps"] == 1 and record["seed"] == 0 and len(record["objective_per_iteration"]) == 2
+    assert record["procedure"] == "paper" and record["settings"]["procedure"] == "paper"
+    assert None not in record["settings"].values(), "the record holds the settings the search ran with"
+    # The paper's default step: the run's learning rate times sqrt(its steps over K), max_steps=2 and K = 1 here.
+    assert record["settings"]["inner_lr"] == pytest.approx(2 ** 0.5 * plan("GradDiff").training.learning_rate)
+    assert len(record["start"]) == 2 and len(record["nll_after_lower_level"]) == 2
     comparison = record["comparison"]
     control = sorted(record["nll_before"], key=record["nll_before"].get)[:2]  # the two best-known documents
     assert set(comparison["control"]["documents"]) == set(control)
@@ -170,6 +276,16 @@ def test_cli_writes_a_lume_forget_set_and_its_record(tmp_path, tiny_model_dir, t
     assert "| worst-case |" in captured.out and "random (mean ± std, 2 draws)" in captured.out
     assert sorted(p.name for p in out.iterdir()) == ["forget.jsonl", "manifest.json", "rest.jsonl",
                                                      "selection.json"]
+
+
+def test_cli_runs_the_unrolled_surrogate_by_name(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
+    out = tmp_path / "sets"
+    code = _forget_set(tiny_model_dir, tiny_lume_dir / "forget.jsonl", out, "procedure=unrolled", "inner_lr=1.0")
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "selection.json").read_text())
+    assert record["procedure"] == "unrolled" and record["settings"]["unroll_layers"] == 2
+    assert record["settings"]["inner_lr"] == 1.0 and record["settings"]["l2_penalty"] is None
+    assert "start" not in record
 
 
 def test_cli_takes_the_old_spellings_for_one_release(tmp_path, tiny_model_dir, tiny_lume_dir, capsys):
@@ -188,6 +304,10 @@ def test_cli_takes_the_old_spellings_for_one_release(tmp_path, tiny_model_dir, t
     (["--method", "KL"], "KL has no per-document forget loss"),
     (["--selection", "unroll_steps=0"], "field 'unroll_steps': must be >= 1"),
     (["--selection", "unroll_step=2"], "did you mean 'unroll_steps'"),
+    (["--selection", "procedure=sideways"], "field 'procedure': expected one of paper, unrolled"),
+    (["--selection", "procedure=unrolled binarise_every=2"], "field 'binarise_every': only procedure=paper uses it"),
+    (["--selection", "l2_penalty=-0.1"], "field 'l2_penalty': must be >= 0"),
+    (["--selection", "binarise_every=0"], "field 'binarise_every': must be >= 1"),
     (["--pool-line", '{"id": "x"}'], "missing field"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_lume_dir, capsys):
@@ -202,7 +322,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(args, message, tmp_path, tiny_
     out_dir.mkdir()
     # The model directory does not exist: every one of these must be refused before a model is looked at.
     code = main(["forget-set", "--pool", str(pool), "--out", str(out_dir / "worst"), "--model",
-                 str(tmp_path / "no-model"), *[item for pair in values.items() for item in pair]])
+                 str(tmp_path / "no-model"),
+                 *[item for key, value in values.items() for item in [key, *value.split()]]])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1

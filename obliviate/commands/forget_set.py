@@ -10,18 +10,20 @@ from obliviate.commands._shared import METHOD_METAVAR, add_format_options, add_g
 
 
 def add_parser(commands) -> None:
-    from obliviate.studies.worst_case import SelectionSettings
+    from obliviate.studies.worst_case import PROCEDURE_DEFAULTS
 
-    defaults = SelectionSettings(size=1)
+    paper, unrolled = PROCEDURE_DEFAULTS["paper"], PROCEDURE_DEFAULTS["unrolled"]
     forget_set = commands.add_parser(
         "forget-set", help="select the worst-case forget set of a pool for a method (Fan et al. 2024)",
         description="Choose the --worst-case m documents of --pool hardest to forget for --method: document "
-                    "weights w in [0,1]^N with sum m, the method's unlearning unrolled for --steps steps from the "
-                    "original model with each document's forget loss weighted by w, and projected gradient "
-                    "descent on w minimising the chosen documents' NLL after those steps; the m largest weights "
-                    "win. Writes OUT/forget.jsonl (every probe of the chosen documents, LUME format), "
-                    "OUT/rest.jsonl (the pool's other documents: a retain set for `obliviate unlearn`) and "
-                    "OUT/selection.json (the record).")
+                    "weights w in [0,1]^N with sum m; each iteration unlearns from the original model with each "
+                    "document's forget loss weighted by w (the rest of the pool as retain, weighted 1 - w) and "
+                    "moves w towards the documents whose NLL stays lowest after it; the m largest weights win. "
+                    "The default procedure is the paper's (sign-SGD unlearning steps, the per-document NLL plus "
+                    "2*gamma*w as the weights' gradient, periodic binarisation); procedure=unrolled is the exact "
+                    "hypergradient through a few normalised steps on the last layers. Writes OUT/forget.jsonl "
+                    "(every probe of the chosen documents, LUME format), OUT/rest.jsonl (the pool's other "
+                    "documents: a retain set for `obliviate unlearn`) and OUT/selection.json (the record).")
     forget_set.add_argument("--worst-case", metavar="M", type=int, required=True,
                             help="how many documents to choose")
     forget_set.add_argument("--method", required=True, nargs="+", metavar=METHOD_METAVAR,
@@ -40,13 +42,20 @@ def add_parser(commands) -> None:
                             help="retain documents kept in every unlearning run, besides the pool's unchosen "
                                  "documents (see --pool)")
     forget_set.add_argument("--selection", nargs="+", default=[], metavar="KEY=VALUE",
-                            help="the search's settings: unroll_steps (K, unlearning steps unrolled; default "
-                                 f"{defaults.unroll_steps}), iterations (projected gradient steps on the weights; "
-                                 f"{defaults.iterations}), inner_lr (length of each unrolled, normalised step; "
-                                 f"{defaults.inner_lr}), outer_lr (largest change of one weight per iteration; "
-                                 f"{defaults.outer_lr}), unroll_layers (the last decoder layers that move in the "
-                                 f"unrolled steps, 0: every weight; {defaults.unroll_layers}), seed (of the starting "
-                                 f"weights and of the random sets; {defaults.seed})")
+                            help="the search's settings: procedure (paper or unrolled; default paper), "
+                                 f"iterations (steps on the weights; paper {paper['iterations']}, unrolled "
+                                 f"{unrolled['iterations']}), unroll_steps (K, lower-level unlearning steps from the "
+                                 f"original model; {paper['unroll_steps']}, {unrolled['unroll_steps']}), inner_lr "
+                                 "(paper: each sign-SGD step, default the method's learning_rate times sqrt(the run's "
+                                 "max_steps / K); unrolled: the length of each normalised step, "
+                                 f"{unrolled['inner_lr']}), outer_lr (paper: the weights' step per nat of NLL, "
+                                 f"{paper['outer_lr']}; unrolled: the largest change of one weight, "
+                                 f"{unrolled['outer_lr']}), unroll_layers (the last decoder layers that move in the "
+                                 f"lower level, 0: every weight; {paper['unroll_layers']}, "
+                                 f"{unrolled['unroll_layers']}), l2_penalty (paper: gamma of gamma*||w||^2; "
+                                 f"{paper['l2_penalty']}), binarise_every (paper: w becomes its top m every this "
+                                 f"many iterations; {paper['binarise_every']}), seed (of the starting weights and of "
+                                 "the random sets; 0)")
     # The old spellings, one release: --rest FILE, --steps, --iterations, --inner-lr, --outer-lr, --unroll-layers,
     # --seed.
     forget_set.add_argument("--rest", metavar="FILE", help=argparse.SUPPRESS)
@@ -54,8 +63,9 @@ def add_parser(commands) -> None:
                       ("--outer-lr", "outer_lr"), ("--unroll-layers", "unroll_layers"), ("--seed", "seed")):
         forget_set.add_argument(old, dest=f"old_{name}", default=None, help=argparse.SUPPRESS)
     forget_set.add_argument("--compare-random", type=int, default=0, metavar="N",
-                            help="then unlearn the chosen set and N random sets of the same size (the rest of the "
-                                 "pool as retain) and print their scores side by side (default 0: no comparison)")
+                            help="then unlearn the chosen set, the lowest-loss control (the m documents the model "
+                                 "knows best) and N random sets of the same size (the rest of the pool as retain) "
+                                 "and print their scores side by side (default 0: no comparison)")
     forget_set.add_argument("--overwrite", action="store_true", help="replace --out (and its record) if they exist")
     add_format_options(forget_set)
     add_generation_options(forget_set, batch_size=32)
@@ -89,6 +99,7 @@ def run(args) -> int:
     if "comparison" in record:
         print(comparison_table(record["comparison"]))
     print(json.dumps({"out": args.out, "record": str(record_path(args.out)), "method": record["method"],
+                      "procedure": record["procedure"],
                       "chosen": record["chosen"], "objective_chosen": round(record["objective_chosen"], 4),
                       "objective_uniform": round(record["objective_uniform"], 4)}))
     return 0

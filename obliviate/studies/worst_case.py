@@ -4,8 +4,8 @@ a given unlearning method.
 
 The bi-level problem. Each pool document i gets a weight w_i, relaxed from {0, 1} to [0, 1] with 1ᵀw = m:
 
-    minimise over w      F(w) = sum_i w_i NLL_i(theta_K(w))                          (upper level)
-    where theta_K(w)  =  K unlearning steps from the original weights theta_0 on     (lower level)
+    minimise over w      F(w) + gamma ||w||²,   F(w) = sum_i w_i NLL_i(theta_K(w))   (upper level)
+    where theta_K(w)  =  K unlearning steps from the original weights theta_0 on       (lower level)
                          L(theta; w) = forget_weight * sum_i w_i f_i(theta) / m
                                        + retain_weight * R(theta; w)
 
@@ -16,40 +16,54 @@ document's rows of NPO's ``-(2/beta) logsigmoid(-beta (log pi - log pi_ref))`` o
 version, through ``obliviate.losses``). ``R`` is the retain NLL over the rest of the pool, each document
 weighted by 1 - w_i (the paper's retain set is the data not chosen to be forgotten), together with the
 documents of a ``--retain`` file (weight 1): ``R = (sum_i (1 - w_i) NLL_i + sum_j NLL_j) / (N - m + R_file)``;
-methods without a retain term (GradAscent) have none.
+methods without a retain term (GradAscent) have none. P below is the projection onto
+{w in [0, 1]^N, 1ᵀw = m}, by bisection on the shift tau of ``clip(v - tau, 0, 1)`` (:func:`project_capped_simplex`).
 
-The upper level runs projected gradient descent on w: ``w <- P(w - outer_lr * g / max|g - mean g|)``, where the
-gradient is centred before scaling because the projection onto 1ᵀw = m removes any common shift anyway, and
-P projects onto {w in [0, 1]^N, 1ᵀw = m} by bisection on the shift tau of ``clip(v - tau, 0, 1)``
-(:func:`project_capped_simplex`). After ``iterations`` steps the m documents with the largest weights are the
-worst-case set (ties broken by pool order).
+Two procedures solve it (``SelectionSettings.procedure``).
 
-The gradient. The K lower-level steps are unrolled with ``torch.func.functional_call`` and
-``torch.autograd.grad(create_graph=True)``, so dF/dw is the **exact** second-order gradient of the unrolled
-objective (Hessian-vector products through every step; ``tests/test_worst_case.py`` checks it against finite
-differences in float64). Nothing is approximated inside the unroll; the approximations are in what is
-unrolled:
+``paper`` (the default): the procedure of the paper and of its reference code (OPTML-Group/Unlearn-WorstCase,
+``data-wise/main_selmu.py``, read for its algorithm, not copied). Every outer iteration
 
-* **Deviation 1, the step.** The lower level takes normalised gradient steps
-  ``theta <- theta - inner_lr * g / ||g||`` instead of the method's AdamW. The paper unrolls signSGD; Adam's
-  first steps are sign steps too, and a sign (or Adam's ``g / sqrt(g^2)``) has a zero derivative almost
-  everywhere, which would leave dF/dw with nothing but its direct term. A normalised step has a useful
-  derivative and, like Adam, does not depend on the loss's scale (NPO's retain weight is 200, GradDiff's 10).
-* **Deviation 2, the weights that move.** By default only the last ``unroll_layers`` decoder layers (2) move in
-  the lower level (``unroll_layers=0``: every parameter); the real unlearning run trains all of them. On the
-  micro target, in a development measurement on 2 CPU cores, one unrolled step with its second-order backward
-  took about 10 s with every weight moving and about 2 s with one layer. Models without ``layers.<N>.``
-  parameter names unroll everything.
-* **Deviation 3, the batch.** Each unrolled step uses the whole pool (and retain file) as one batch, where the
-  unlearning run samples 4 forget and 4 retain rows per step; K is a handful of steps, not the run's 40-120.
-* The paper's other choices (its lower level also models training, its regulariser on w) are not reproduced;
-  the lower level starts from the original model, as unlearning does.
+1. reloads the original weights and runs the real, w-weighted unlearning of the method for K **sign-SGD** steps,
+   ``theta <- theta - inner_lr * sign(dL/dtheta)``, every parameter moving (:meth:`UnrolledObjective.sign_descent`);
+2. takes each document's NLL after those steps, ``l_i = NLL_i(theta_K(w))``, as the gradient of the upper
+   objective: a sign step has a zero derivative almost everywhere, so the part of dF/dw that flows through
+   theta_K vanishes and what is left is the direct term l_i, plus 2 gamma w from the penalty;
+3. steps ``w <- P(w - outer_lr * (l + 2 gamma w))`` (:func:`paper_upper_step`): weight leaves the documents the
+   unlearning forgot and goes to those it left remembered; gamma (``l2_penalty``) pulls the weights towards
+   each other, so the relaxed problem has one minimiser;
+4. every ``binarise_every`` iterations replaces w by its top m (1 on the m largest weights, 0 elsewhere).
 
-``obliviate forget-set --worst-case m --method M --pool FILE --out FILE`` writes every probe of the chosen
-documents as a LUME file and ``<out stem>.selection.json`` beside it (weights, chosen ids, method, K, steps,
-seed, F per iteration); ``--compare-random N`` then unlearns the worst-case set and N random sets of the same
-size (the rest of the pool as retain) and scores each (:func:`compare_with_random`). docs/worst-case.md has a
-real run.
+The weights start binary, on m documents drawn with ``seed`` (the reference starts from a random forget set too),
+and the worst-case set is the top m of the final weights. Deviations from the reference: a lower-level step
+takes the whole pool (and retain file) as one batch where the reference takes a pass of minibatches, which
+keeps the selection deterministic given the seed. K is a few steps where the run takes 25-120 AdamW steps of 4 + 4
+rows, so each sign step is longer than the run's learning rate: ``inner_lr`` defaults to ``learning_rate *
+sqrt(run_steps / K)``, ``run_steps`` being the run's ``max_steps`` for m documents. In a development
+measurement on the micro benchmark (GradDiff and NPO, one random 5-document set), K sign steps of
+``learning_rate`` raised the set's NLL well short of what the real run did and K steps of ``learning_rate *
+run_steps / K`` (the run's largest possible displacement) far beyond it; the default is the geometric middle.
+The defaults of ``iterations``, ``outer_lr``, ``l2_penalty`` and ``binarise_every`` are this project's, small
+enough for a selection of about a minute on 2 CPU cores (the reference's data-wise defaults are w_lr 0.01,
+gamma 0 and 10 iterations with a binarisation every 20, i.e. only at the end). The lower level is the method's
+unlearning only (the paper's can also be retraining).
+
+``unrolled``: the earlier surrogate, kept as a named option. The K lower-level steps are normalised gradient
+steps ``theta <- theta - inner_lr * g / ||g||`` on the last ``unroll_layers`` decoder layers (2), unrolled with
+``torch.func.functional_call`` and ``torch.autograd.grad(create_graph=True)``, so dF/dw is the exact
+second-order gradient of the unrolled objective (``tests/test_worst_case.py`` checks it against finite
+differences in float64). The weights start near m/N everywhere (a ``seed``-drawn perturbation), take projected
+steps ``w <- P(w - outer_lr * g / max|g - mean g|)`` (the largest change of one weight is ``outer_lr``), have
+no gamma term and are never binarised before the end. A normalised step, unlike a sign step, has a useful
+derivative, so this is the exact hypergradient of a surrogate of the run (fewer steps, fewer layers, no
+sign); docs/worst-case.md measured that it reduces to ranking the documents by their original loss. Models
+without ``layers.<N>.`` parameter names unroll everything.
+
+``obliviate forget-set --worst-case m --method M --pool FILE --out DIR`` writes every probe of the chosen
+documents as a LUME file and ``selection.json`` beside it (the procedure and its resolved settings, weights,
+chosen ids, F per iteration); ``--compare-random N`` then unlearns the worst-case set, the lowest-loss control and
+N random sets of the same size (the rest of the pool as retain) and scores each (:func:`compare_with_random`).
+docs/worst-case.md has real runs.
 """
 
 from __future__ import annotations
@@ -62,37 +76,74 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from obliviate.data.records import Probe
 from obliviate.errors import InputError
 
-# Options of a run plan that change which weights an unlearning run moves: the unrolled lower level does not
+# Options of a run plan that change which weights an unlearning run moves: the selection's lower level does not
 # model them, so a selection refuses them rather than silently optimising for a different update.
 UNMODELLED_TRAINING = ("prune", "l1_weight", "mask", "lora", "train_params", "train_layers")
 
 
 
+PROCEDURES = ("paper", "unrolled")
+
+# Each procedure's defaults for the settings left at None in SelectionSettings. The paper's inner_lr default
+# (None here too) is resolved against the method's run by :meth:`SelectionSettings.resolved`.
+PROCEDURE_DEFAULTS = {
+    "paper": {"iterations": 6, "unroll_steps": 3, "inner_lr": None, "outer_lr": 0.1, "unroll_layers": 0,
+              "l2_penalty": 0.05, "binarise_every": 3},
+    "unrolled": {"iterations": 10, "unroll_steps": 4, "inner_lr": 0.5, "outer_lr": 0.1, "unroll_layers": 2},
+}
+PAPER_ONLY = ("l2_penalty", "binarise_every")
+
+
 @dataclass(frozen=True)
 class SelectionSettings:
+    """The search's settings (``--selection KEY=VALUE``); None: the procedure's default (:data:`PROCEDURE_DEFAULTS`)."""
+
     size: int  # m: documents to choose
-    unroll_steps: int = 4  # K: lower-level steps unrolled from the original weights
-    inner_lr: float = 0.5  # length of each normalised lower-level step, in parameter space
-    iterations: int = 10  # upper-level projected gradient steps
-    outer_lr: float = 0.1  # the largest change of one weight per upper-level step
-    unroll_layers: int = 2  # the last decoder layers that move in the lower level; 0: every parameter
+    procedure: Literal["paper", "unrolled"] = "paper"
+    iterations: int | None = None  # upper-level steps on the weights
+    unroll_steps: int | None = None  # K: lower-level unlearning steps from the original weights
+    inner_lr: float | None = None  # paper: sign-SGD step per weight; unrolled: length of a normalised step
+    outer_lr: float | None = None  # paper: step on w per nat of NLL; unrolled: the largest change of one weight
+    unroll_layers: int | None = None  # the last decoder layers that move in the lower level; 0: every parameter
+    l2_penalty: float | None = None  # paper: gamma of the upper level's gamma * ||w||^2
+    binarise_every: int | None = None  # paper: replace w by its top m every this many iterations
     batch_size: int = 16  # rows per forward pass (memory only: every step uses the whole pool)
-    seed: int = 0  # the initial weights' perturbation
+    seed: int = 0  # the starting weights (paper: the starting forget set) and the random sets
 
     def __post_init__(self):
-        for name in ("size", "unroll_steps", "iterations", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be >= 1, got {getattr(self, name)}", field="worst-case" if name == "size" else name)
+        if self.procedure not in PROCEDURES:
+            raise InputError(f"expected one of {', '.join(PROCEDURES)}, got {self.procedure!r}", field="procedure")
+        for name in ("size", "iterations", "batch_size", "unroll_steps", "binarise_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"must be >= 1, got {value}", field="worst-case" if name == "size" else name)
         for name in ("inner_lr", "outer_lr"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"must be > 0, got {getattr(self, name)}", field="worst-case" if name == "size" else name)
-        if self.unroll_layers < 0:
-            raise InputError(f"must be >= 0, got {self.unroll_layers}", field="unroll_layers")
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InputError(f"must be > 0, got {value}", field=name)
+        for name in ("unroll_layers", "l2_penalty"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise InputError(f"must be >= 0, got {value}", field=name)
+        if self.procedure != "paper":
+            for name in PAPER_ONLY:
+                if getattr(self, name) is not None:
+                    raise InputError(f"only procedure=paper uses it (procedure={self.procedure})", field=name)
+
+    def resolved(self, learning_rate: float, run_steps: int) -> "SelectionSettings":
+        """Every None filled with the procedure's default. The paper's ``inner_lr`` defaults to the method's
+        ``learning_rate`` times ``sqrt(run_steps / K)`` (``run_steps``: the run's ``max_steps``), at least
+        ``learning_rate`` (module docstring)."""
+        values = {name: value if getattr(self, name) is None else getattr(self, name)
+                  for name, value in PROCEDURE_DEFAULTS[self.procedure].items()}
+        if self.procedure == "paper" and values["inner_lr"] is None:
+            values["inner_lr"] = learning_rate * math.sqrt(max(1.0, run_steps / values["unroll_steps"]))
+        return dataclasses.replace(self, **values)
 
 
 # ------------------------------------------------------------------------------------------- projection
@@ -129,6 +180,29 @@ def top_m(weights, size: int) -> list[int]:
     return sorted(order[:size])
 
 
+def binarised(weights, size: int):
+    """1 on the ``size`` largest weights (ties broken by position, :func:`top_m`), 0 elsewhere: exactly ``size``
+    ones whatever the ties."""
+    import torch
+
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    binary = torch.zeros_like(weights)
+    binary[top_m(weights.tolist(), size)] = 1
+    return binary
+
+
+def paper_upper_step(weights, losses, size: int, outer_lr: float, l2_penalty: float):
+    """The paper's upper-level step: ``P(w - outer_lr * (l + 2 * l2_penalty * w))``, where ``l`` is each document's
+    NLL after the lower level (the gradient of ``sum_i w_i l_i`` with the unlearned weights held fixed) and
+    ``2 * l2_penalty * w`` the gradient of ``l2_penalty * ||w||^2``. Descending it moves weight towards the
+    documents the unlearning left with the lowest loss. A pure function of 1-D tensors (float64)."""
+    import torch
+
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    losses = torch.as_tensor(losses, dtype=torch.float64)
+    return project_capped_simplex(weights - outer_lr * (losses + 2 * l2_penalty * weights), size)
+
+
 # ----------------------------------------------------------------------------------- per-document terms
 
 
@@ -163,14 +237,14 @@ FORGET_TERMS: dict[str, tuple[Callable | None, bool]] = {
 
 
 def check_method(run_plan) -> None:
-    """Refuse a method (or training options) the unrolled lower level cannot represent."""
+    """Refuse a method (or training options) the selection's lower level cannot represent."""
     if run_plan.method_name not in FORGET_TERMS:
         raise InputError(f"{run_plan.method_name} has no per-document forget loss to weight; worst-case selection "
                          f"supports {', '.join(FORGET_TERMS)}", field="method")
     defaults = type(run_plan.training)()
     for name in UNMODELLED_TRAINING:
         if getattr(run_plan.training, name) != getattr(defaults, name):
-            raise InputError("the unrolled lower level does not model this option (it moves the weights "
+            raise InputError("the selection's lower level does not model this option (it moves the weights "
                              "differently); leave it at its default for a selection", field=name)
 
 
@@ -200,10 +274,11 @@ def check_pool(pool: Sequence[Probe], size: int, path: str | Path | None = None)
 class UnrolledObjective:
     """F(w) = sum_i w_i NLL_i(theta_K(w)) for one model, pool and method (see the module docstring).
 
-    The model is only read: the unroll works on a dictionary of parameter tensors through
-    ``torch.func.functional_call``. While this object lives, the model's parameters do not require gradients
-    and its attention runs in the eager implementation (the fused CPU kernels have no second derivative);
-    :meth:`close` restores both.
+    Both procedures' lower levels live here: :meth:`unroll` (normalised steps, differentiable, ``unrolled``) and
+    :meth:`sign_descent` (sign-SGD, ``paper``). The model is only read: the steps work on a dictionary of
+    parameter tensors through ``torch.func.functional_call``. While this object lives, the model's parameters
+    do not require gradients and, for ``unrolled``, its attention runs in the eager implementation (the fused
+    CPU kernels have no second derivative); :meth:`close` restores both.
     """
 
     def __init__(self, model, tokenizer, documents: dict[str, list[Probe]], run_plan, settings: SelectionSettings,
@@ -213,6 +288,7 @@ class UnrolledObjective:
         from obliviate.batching import pad_id_of
         from obliviate.training.data import encode_probes, pad
 
+        settings = settings.resolved(run_plan.training.learning_rate, run_plan.training.max_steps)
         self.model, self.settings = model, settings
         self.config = run_plan.method_config
         self.term, needs_reference = FORGET_TERMS[run_plan.method_name]
@@ -245,7 +321,8 @@ class UnrolledObjective:
         self._was_training = model.training
         model.requires_grad_(False)
         model.eval()
-        model.set_attn_implementation("eager")
+        if settings.procedure == "unrolled":
+            model.set_attn_implementation("eager")
         self.names = unrolled_names(model, settings.unroll_layers)
         parameters = dict(model.named_parameters())
         self.initial = {name: parameters[name].detach() for name in self.names}
@@ -324,6 +401,33 @@ class UnrolledObjective:
             parameters = stepped if create_graph else {n: t.detach().requires_grad_(True) for n, t in stepped.items()}
         return parameters
 
+    def sign_descent(self, weights) -> dict:
+        """theta_K(w) of the paper: K sign-SGD steps ``theta <- theta - inner_lr * sign(dL/dtheta)`` on the
+        lower-level loss from the original weights. No graph is kept: a sign has no useful derivative."""
+        import torch
+
+        parameters = {name: tensor.detach() for name, tensor in self.initial.items()}
+        weights = weights.detach()
+        for _ in range(self.settings.unroll_steps):
+            parameters = {name: tensor.requires_grad_(True) for name, tensor in parameters.items()}
+            with torch.enable_grad():
+                loss = self.lower_loss(*self.row_statistics(parameters), weights)
+                grads = torch.autograd.grad(loss, list(parameters.values()))
+            parameters = {name: (tensor - self.settings.inner_lr * g.sign()).detach()
+                          for (name, tensor), g in zip(parameters.items(), grads)}
+        return parameters
+
+    def paper_objective(self, weights) -> tuple[float, list[float]]:
+        """F(w) = sum_i w_i NLL_i(theta_K(w)) with theta_K from :meth:`sign_descent`, and every pool document's
+        NLL after those steps (the paper's upper-level gradient)."""
+        import torch
+
+        weights = weights.detach()
+        parameters = self.sign_descent(weights)
+        with torch.no_grad():
+            nll = self.document_nll(*self.row_statistics(parameters))[:self.pool_size]
+        return float((weights * nll).sum()), nll.tolist()
+
     def objective(self, weights, create_graph: bool = True):
         """F(w); differentiable in ``weights`` through the unroll when ``create_graph``."""
         import torch
@@ -398,51 +502,97 @@ class Selection:
 
 def select_worst_case(model, tokenizer, pool: Sequence[Probe], run_plan, settings: SelectionSettings,
                       retain: Sequence[Probe] = (), log: Callable[[str], None] = lambda message: None) -> Selection:
-    """The worst-case ``settings.size`` documents of ``pool`` for ``run_plan``'s method (module docstring)."""
+    """The worst-case ``settings.size`` documents of ``pool`` for ``run_plan``'s method (module docstring), by
+    ``settings.procedure``. Settings left at None take the procedure's defaults, the paper's ``inner_lr`` from
+    ``run_plan``'s ``learning_rate`` and ``max_steps``; ``Selection.extra['settings']`` records them resolved."""
     import torch
 
     check_method(run_plan)
     documents = check_pool(pool, settings.size)
+    settings = settings.resolved(run_plan.training.learning_rate, run_plan.training.max_steps)
     started = time.time()
     size, count = settings.size, len(documents)
     unrolled = UnrolledObjective(model, tokenizer, documents, run_plan, settings, retain)
+    ids = list(documents)
     try:
         dtype = next(iter(unrolled.initial.values())).dtype
         nll_before = unrolled.pool_nll()
         n_parameters = sum(t.numel() for t in unrolled.initial.values())
+        extra = {"procedure": settings.procedure, "settings": dataclasses.asdict(settings)}
+
+        def value_at(weights) -> float:
+            weights = weights.to(dtype=dtype, device=unrolled.device)
+            if settings.procedure == "paper":
+                return unrolled.paper_objective(weights)[0]
+            return float(unrolled.objective(weights, create_graph=False))
+
         if size == count:  # nothing to choose
-            ones = torch.ones(count, dtype=dtype, device=unrolled.device)
-            value = float(unrolled.objective(ones, create_graph=False))
-            return Selection(list(documents), [1.0] * count, list(documents), [], value, value, nll_before,
-                             n_parameters, time.time() - started)
-        generator = torch.Generator().manual_seed(settings.seed)
-        noise = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * 0.02
-        weights = project_capped_simplex(torch.full((count,), size / count, dtype=torch.float64) + noise, size)
-        history = []
-        for iteration in range(settings.iterations):
-            variable = weights.to(dtype=dtype, device=unrolled.device).requires_grad_(True)
-            value = unrolled.objective(variable, create_graph=True)
-            (gradient,) = torch.autograd.grad(value, variable)
-            history.append(float(value.detach()))
-            centred = gradient.detach().double().cpu()
-            centred = centred - centred.mean()
-            scale = float(centred.abs().max())
-            if scale > 0:
-                weights = project_capped_simplex(weights - settings.outer_lr * centred / scale, size)
-            log(f"worst-case {run_plan.method_name}: iteration {iteration + 1}/{settings.iterations} "
-                f"F(w)={history[-1]:.4f} ({time.time() - started:.0f} s)")
+            value = value_at(torch.ones(count))
+            return Selection(ids, [1.0] * count, ids, [], value, value, nll_before, n_parameters,
+                             time.time() - started, extra)
+        search = _paper_search if settings.procedure == "paper" else _unrolled_search
+        weights, history = search(unrolled, settings, count, dtype, extra, ids,
+                                  lambda message: log(f"worst-case {run_plan.method_name} ({settings.procedure}): "
+                                                      f"{message} ({time.time() - started:.0f} s)"))
         chosen_index = top_m(weights.tolist(), size)
-        binary = torch.zeros(count, dtype=dtype, device=unrolled.device)
-        binary[chosen_index] = 1
-        objective_chosen = float(unrolled.objective(binary, create_graph=False))
-        uniform = torch.full((count,), size / count, dtype=dtype, device=unrolled.device)
-        objective_uniform = float(unrolled.objective(uniform, create_graph=False))
+        objective_chosen = value_at(binarised(weights, size))
+        objective_uniform = value_at(torch.full((count,), size / count))
     finally:
         unrolled.close()
-    ids = list(documents)
     return Selection(document_ids=ids, weights=weights.tolist(), chosen=[ids[i] for i in chosen_index],
                      objective=history, objective_chosen=objective_chosen, objective_uniform=objective_uniform,
-                     nll_before=nll_before, unrolled_parameters=n_parameters, seconds=time.time() - started)
+                     nll_before=nll_before, unrolled_parameters=n_parameters, seconds=time.time() - started,
+                     extra=extra)
+
+
+def _paper_search(unrolled: UnrolledObjective, settings: SelectionSettings, count: int, dtype, extra: dict,
+                  ids: list[str], log: Callable[[str], None]):
+    """The paper's outer loop (module docstring): a random starting set, then per iteration the sign-SGD lower
+    level from the original weights, :func:`paper_upper_step` and, every ``binarise_every`` iterations, the top m."""
+    import torch
+
+    size = settings.size
+    generator = torch.Generator().manual_seed(settings.seed)
+    weights = torch.zeros(count, dtype=torch.float64)
+    weights[torch.randperm(count, generator=generator)[:size]] = 1
+    extra["start"] = [ids[i] for i in top_m(weights.tolist(), size)]
+    history, losses, chosen, binarised_at = [], [], [], []
+    for iteration in range(1, settings.iterations + 1):
+        value, nll = unrolled.paper_objective(weights.to(dtype=dtype, device=unrolled.device))
+        history.append(value)
+        losses.append(nll)
+        weights = paper_upper_step(weights, nll, size, settings.outer_lr, settings.l2_penalty)
+        if iteration % settings.binarise_every == 0:
+            weights = binarised(weights, size)
+            binarised_at.append(iteration)
+        chosen.append([ids[i] for i in top_m(weights.tolist(), size)])
+        log(f"iteration {iteration}/{settings.iterations} F(w)={value:.4f}")
+    extra.update({"nll_after_lower_level": losses, "chosen_per_iteration": chosen, "binarised_at": binarised_at})
+    return weights, history
+
+
+def _unrolled_search(unrolled: UnrolledObjective, settings: SelectionSettings, count: int, dtype, extra: dict,
+                     ids: list[str], log: Callable[[str], None]):
+    """The exact-hypergradient surrogate's outer loop: weights near m/N, normalised projected gradient steps."""
+    import torch
+
+    size = settings.size
+    generator = torch.Generator().manual_seed(settings.seed)
+    noise = (torch.rand(count, generator=generator, dtype=torch.float64) - 0.5) * 0.02
+    weights = project_capped_simplex(torch.full((count,), size / count, dtype=torch.float64) + noise, size)
+    history = []
+    for iteration in range(1, settings.iterations + 1):
+        variable = weights.to(dtype=dtype, device=unrolled.device).requires_grad_(True)
+        value = unrolled.objective(variable, create_graph=True)
+        (gradient,) = torch.autograd.grad(value, variable)
+        history.append(float(value.detach()))
+        centred = gradient.detach().double().cpu()
+        centred = centred - centred.mean()
+        scale = float(centred.abs().max())
+        if scale > 0:
+            weights = project_capped_simplex(weights - settings.outer_lr * centred / scale, size)
+        log(f"iteration {iteration}/{settings.iterations} F(w)={history[-1]:.4f}")
+    return weights, history
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -692,7 +842,9 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
 
     run_plan = plan(request.method, request.options)
     check_method(run_plan)
-    settings = SelectionSettings(size=request.size, **request.settings)
+    steps_given = "max_steps" in request.options
+    settings = SelectionSettings(size=request.size, **request.settings).resolved(
+        run_plan.training.learning_rate, comparison_plan(run_plan, request.size, steps_given).training.max_steps)
     legacy = Path(request.out).suffix in (".jsonl", ".parquet")  # the old spelling: --out names the forget file
     if legacy:
         out = check_output_file(request.out, request.overwrite)
@@ -741,7 +893,8 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
     del model
     record = {
         "method": run_plan.method_name, "options": run_plan.options(), "size": settings.size,
-        "settings": dataclasses.asdict(settings), "unroll_steps": settings.unroll_steps,
+        "procedure": settings.procedure, "settings": dataclasses.asdict(settings),
+        "unroll_steps": settings.unroll_steps,
         "upper_iterations": settings.iterations, "seed": settings.seed,
         "pool": str(pool_path), "pool_sha256": None if pool_path == BUNDLED else sha256_input(pool_path),
         "pool_documents": len(documents), "model": str(Path(model_dir).resolve()),
@@ -751,9 +904,10 @@ def run_forget_set(request: ForgetSetRequest, log: Callable[[str], None] = print
         "nll_before": dict(zip(selection.document_ids, selection.nll_before)),
         "unrolled_parameters": selection.unrolled_parameters, "selection_seconds": selection.seconds,
         "command": request.command,
+        **{key: value for key, value in selection.extra.items() if key not in ("procedure", "settings")},
     }
     if request.compare_random:
-        compare = comparison_plan(run_plan, settings.size, "max_steps" in request.options)
+        compare = comparison_plan(run_plan, settings.size, steps_given)
         comparison = compare_with_random(lambda: load_model(model_dir, device=None).model, tokenizer, pool,
                                          selection.chosen, compare, request.compare_random, seed=settings.seed,
                                          retain=retain, max_new_tokens=request.max_new_tokens,
