@@ -90,7 +90,9 @@ UNMODELLED_TRAINING = ("prune", "l1_weight", "mask", "lora", "train_params", "tr
 PROCEDURES = ("paper", "unrolled")
 
 # Each procedure's defaults for the settings left at None in SelectionSettings. The paper's inner_lr default
-# (None here too) is resolved against the method's run by :meth:`SelectionSettings.resolved`.
+# (None here too) is resolved against the method's run by :meth:`SelectionSettings.resolved`. The paper's
+# outer_lr and binarise_every are provisional: on the micro benchmark (GradDiff, seed 0) they left the selection
+# at its random starting set (docs/worst-case.md).
 PROCEDURE_DEFAULTS = {
     "paper": {"iterations": 6, "unroll_steps": 3, "inner_lr": None, "outer_lr": 0.1, "unroll_layers": 0,
               "l2_penalty": 0.05, "binarise_every": 3},
