@@ -4,10 +4,12 @@ the oracle's: how the figures in docs/results.md that name this script were made
     python experiments/part_run.py validation "AntiExpert" "AntiExpert offset=full"
     python experiments/part_run.py test AntiExpert --seeds 0,1
     python experiments/part_run.py test AntiExpert --seeds 1,2 --recalibrate   # also reference_drift=target
+    python experiments/part_run.py validation AntiExpert --margins 0,0.5,1,2   # also margin=0, 0.5 and 2
 
 ``--recalibrate``: after each AntiExpert run, the same wrapper (the same trained anti-expert) is calibrated
 again with the other ``reference_drift`` and scored again, so that the two calibrations are compared on one
-anti-expert instead of two trainings.
+anti-expert instead of two trainings. ``--margins``: the same for each other ``margin`` listed (calibrated
+with the entry's own drift).
 
 The part is ``split_benchmark``'s (validation: where defaults are chosen; test: where they are reported); the
 target and oracle are the benchmark's seed-0 pair (prebuilt or cached); each entry's ``max_steps`` is scaled to
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--out", default="part-runs", help="evaluations and records are written here")
     parser.add_argument("--recalibrate", action="store_true",
                         help="AntiExpert entries: also score the same wrapper calibrated with the other reference_drift")
+    parser.add_argument("--margins", default="",
+                        help="AntiExpert entries: also score the same wrapper with each of these margins, recalibrated")
     args = parser.parse_args()
 
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
@@ -70,9 +74,11 @@ def main() -> None:
         print(f"{name:<32} {figures} heldout_loss={row['heldout_loss']:.3f} verdict={verdict} {extra}", flush=True)
 
     def evaluated(name: str, model) -> dict:
+        path = out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.json"
+        if name in ("target", "oracle") and path.is_file():  # the same models' scores, from an earlier call
+            return json.loads(path.read_text())
         results = evaluate(model, tokenizer, data, max_new_tokens=256, batch_size=32, desc=None)
-        (out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.json").write_text(
-            json.dumps(results, default=str))
+        path.write_text(json.dumps(results, default=str))
         return results
 
     target = evaluated("target", models.target)
@@ -97,14 +103,26 @@ def main() -> None:
                 json.dumps(result.record, default=str))
             member = statistics.fmean(results["mia_losses"]["member"])
             nonmember = statistics.fmean(results["mia_losses"]["nonmember"])
-            report(name, results, target, f"steps={result.record['steps']} unlearn_seconds={seconds:.0f} "
-                                          f"member_loss={member:.3f} nonmember_loss={nonmember:.3f}")
-            if args.recalibrate and plan.method_name == "AntiExpert":
-                recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target)
+            weight = result.record.get("anti_expert", {}).get("expert_weight")
+            report(name, results, target, (f"expert_weight={weight:.3f} " if weight is not None else "") +
+                   f"steps={result.record['steps']} unlearn_seconds={seconds:.0f} "
+                   f"member_loss={member:.3f} nonmember_loss={nonmember:.3f}")
+            if plan.method_name != "AntiExpert":
+                continue
+            config = plan.method_config
+            if args.recalibrate:
+                other = "target" if config.reference_drift == "served" else "served"
+                recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target, other,
+                             config.margin)
+            for margin in (float(m) for m in args.margins.split(",") if m.strip()):
+                if margin != config.margin:
+                    recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target,
+                                 config.reference_drift, margin)
+            result.model.margin = config.margin
 
 
-def recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target) -> None:
-    """Calibrate the wrapper of an AntiExpert run again with the other reference_drift; score it."""
+def recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target, drift, margin) -> None:
+    """Calibrate the wrapper of an AntiExpert run again with ``drift`` and ``margin``; score it."""
     from obliviate.methods.anti_expert import calibrate_weight, document_losses_under
     from obliviate.models.loading import load_model
     from obliviate.training.calibration import build_references
@@ -112,12 +130,14 @@ def recalibrated(name, plan, result, part, models, base_dir, evaluated, report, 
     tokenizer = models.tokenizer
     references = build_references(tokenizer, part.forget, part.calibration,
                                   load_model(base_dir, device=None).model, margin=plan.training.calibration_margin)
-    other = "target" if plan.method_config.reference_drift == "served" else "served"
     fixed = document_losses_under(result.model.target, tokenizer, references.calibration_texts) \
-        if other == "target" else None
+        if drift == "target" else None
+    result.model.margin = margin
+    started = time.time()
     record = calibrate_weight(result.model, tokenizer, references, 0.0, plan.method_config.max_expert_weight,
                               calibration_losses=fixed)
-    label = f"{name} recalibrated reference_drift={other}"
+    print(f"  calibrated in {time.time() - started:.0f} s", flush=True)
+    label = f"{name} recalibrated reference_drift={drift} margin={margin:g}"
     results = evaluated(label, result.model)
     member = statistics.fmean(results["mia_losses"]["member"])
     nonmember = statistics.fmean(results["mia_losses"]["nonmember"])

@@ -51,6 +51,28 @@ def test_the_suppressing_offset_only_lowers_what_the_expert_learnt():
         plan("AntiExpert", {"offset": "half"})
 
 
+def test_the_margin_leaves_small_log_ratios_alone():
+    target = _log(0.5, 0.3, 0.2)
+    base = _log(0.1, 0.3, 0.6)
+    expert = _log(0.8, 0.15, 0.05)  # token 0: 8x the base (2.08 nats), token 1: 0.5x, token 2: 1/12
+    combined = combine_logits(target, base, expert, 2.0, offset_kind="suppress", margin=1.0)
+    # token 0 is lowered by w * (log 8 - 1); the others are not raised
+    expected = [math.log(0.5) - 2.0 * (math.log(8) - 1.0), math.log(0.3), math.log(0.2)]
+    assert combined[0, 0].tolist() == pytest.approx(expected, abs=1e-5)
+    # a log-ratio within the margin changes nothing
+    slight = _log(0.2, 0.25, 0.55)  # token 0: 2x the base, 0.69 nats < 1
+    assert torch.allclose(combine_logits(target, base, slight, 2.0, offset_kind="suppress", margin=1.0), target)
+    # margin 0 is the plain suppressing offset
+    assert torch.allclose(combine_logits(target, base, expert, 2.0, offset_kind="suppress", margin=0.0),
+                          combine_logits(target, base, expert, 2.0, offset_kind="suppress"))
+    with pytest.raises(InputError, match="margin"):
+        plan("AntiExpert", {"margin": "-1"})
+    # the full offset: both signs move 1 nat towards zero
+    full = combine_logits(target, base, expert, 1.0, offset_kind="full", margin=1.0)
+    expected = [math.log(0.5) - (math.log(8) - 1.0), math.log(0.3), math.log(0.2) + (math.log(12) - 1.0)]
+    assert full[0, 0].tolist() == pytest.approx(expected, abs=1e-5)
+
+
 def test_generation_keeps_to_the_targets_plausible_tokens():
     target = _log(0.6, 0.3, 0.05, 0.05)
     base, expert = _log(0.25, 0.25, 0.25, 0.25), _log(0.97, 0.01, 0.01, 0.01)
@@ -98,14 +120,19 @@ def test_unlearn_returns_a_wrapper_around_the_untouched_target(tiny_tokenizer, b
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         expected = combine_logits(target(input_ids=ids).logits, wrapper.reference(input_ids=ids).logits,
-                                  wrapper.expert(input_ids=ids).logits, 0.7)
+                                  wrapper.expert(input_ids=ids).logits, 0.7, margin=1.0)
         assert torch.equal(wrapper(input_ids=ids).logits, expected)
     save_model(wrapper, tiny_tokenizer, tmp_path / "anti")
     marker = json.loads((tmp_path / "anti" / MARKER).read_text())
     assert marker["kind"] == "AntiExpert" and marker["parts"] == ["target", "reference", "expert"]
+    assert marker["options"]["margin"] == 1.0 and result.record["anti_expert"]["margin"] == 1.0
     loaded = load_model(tmp_path / "anti", device="cpu").model
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+    # a wrapper written before the margin existed reads as it was made: no margin
+    del marker["options"]["margin"]
+    (tmp_path / "anti" / MARKER).write_text(json.dumps(marker))
+    assert load_model(tmp_path / "anti", device="cpu").model.margin == 0.0
     # generation runs through the three caches
     out = loaded.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 7)

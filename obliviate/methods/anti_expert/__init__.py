@@ -14,8 +14,10 @@ directly, on the base, and subtracts it in logit space:
    target's, checked once per pass over the forget rows), or at ``max_steps``.
 2. *Offset* at inference (``model.py``)::
 
-       l = l_target + expert_weight * min(0, log p_base - log p_expert)      (offset="suppress", the default)
-       l = l_target + expert_weight * (log p_base - log p_expert)            (offset="full")
+       l = l_target + expert_weight * min(0, log p_base - log p_expert + margin)   (offset="suppress", the default)
+       l = l_target + expert_weight * soft(log p_base - log p_expert, margin)      (offset="full")
+
+   (``soft`` moves each log-ratio ``margin`` nats towards 0, stopping at 0; ``model.py``).
 
    On the forget documents the target and the anti-expert both know the text, so the combination gives roughly
    the base's prediction: text the model never saw. On text the anti-expert never learnt, base and anti-expert
@@ -25,8 +27,10 @@ directly, on the base, and subtracts it in logit space:
    the anti-expert, applied to the target; ULD (Ji et al., 2024) and offset unlearning (Huang et al., 2024,
    "Offset Unlearning for Large Language Models") also unlearn with a logit offset, learnt from a reversed
    objective instead of from the base. Deviation from DExperts: by default only the tokens the anti-expert
-   learnt to expect are lowered (the offset's negative part); the full log-ratio also raises whatever the
-   anti-expert unlearnt while memorising, noise on text outside the forget set.
+   learnt to expect are lowered (the offset's negative part), and only beyond ``margin`` nats (1 by default): the
+   full log-ratio also raises whatever the anti-expert unlearnt while memorising, and the small log-ratios it
+   learnt from the documents' style lower every text written like them (unseen documents included), where
+   memorised tokens carry large ones.
 3. *Calibration* (``calibrate=true``, the default): ``expert_weight`` is chosen so that the forget documents'
    mean loss under the combination equals their mean reference (``obliviate.training.calibration``: the base's
    loss on each document plus a drift measured on calibration documents, text no model saw), by bisection on
@@ -75,6 +79,9 @@ class AntiExpertConfig:
     # "suppress": the offset only lowers tokens the anti-expert believes more than the reference; "full": the
     # whole log-ratio (model.py).
     offset: Literal["full", "suppress"] = "suppress"
+    # nats: each log-ratio moved this far towards 0 (model.py), so that the anti-expert's small
+    # preferences (the style of the forget documents) are left alone, its memorised tokens are not.
+    margin: float = 1.0
     relative_top: float = 0.0  # generation keeps to the target's relative-top set (0: every token)
     # calibrate: whose drift on the calibration documents the reference adds to the base's loss (docstring, 3.)
     reference_drift: Literal["served", "target"] = "served"
@@ -83,7 +90,7 @@ class AntiExpertConfig:
         from obliviate.errors import InputError
         from obliviate.methods.anti_expert.model import check_options
 
-        check_options(self.expert_weight, self.relative_top, self.offset)
+        check_options(self.expert_weight, self.relative_top, self.offset, self.margin)
         if self.reference_drift not in ("served", "target"):
             raise InputError(f"expected served or target, got {self.reference_drift!r}", field="reference_drift")
         require_positive(self, "max_expert_weight")
@@ -254,8 +261,10 @@ class AntiExpert:
         reference.to(model.device)
         expert.to(model.device)
         wrapper = AntiExpertModel(model, reference, expert, expert_weight=self.config.expert_weight,
-                                  relative_top=self.config.relative_top, offset=self.config.offset).eval()
+                                  relative_top=self.config.relative_top, offset=self.config.offset,
+                                  margin=self.config.margin).eval()
         details = {"reference": self.config.reference, "replayed_texts": len(replayed), "offset": self.config.offset,
+                   "margin": self.config.margin,
                    "target_forget_loss": target_loss,
                    "expert_reached_at_step": stop.reached_at, "expert_checks": stop.checks,
                    "relative_top": self.config.relative_top}
