@@ -11,6 +11,7 @@ from obliviate.data.lume import load_probes
 from obliviate.data.records import Probe
 from obliviate.errors import InputError
 from obliviate.io import sha256_file
+from obliviate.studies.dp2 import group_guarantee
 from obliviate.training.dp import DPConfig, check_config, document_examples, per_example_loss, train_dp
 
 
@@ -217,3 +218,43 @@ def test_dp_sgd_clips_each_documents_gradient_and_adds_noise_of_the_stated_scale
     expected = noise_multiplier * config.max_grad_norm / config.expected_batch_size
     assert noise.numel() > 50_000
     assert abs(float(noise.std()) / expected - 1) < 0.02 and abs(float(noise.mean())) < 0.02 * expected
+
+
+@pytest.mark.slow  # 9 s: target, oracle, DP model, DP2U and one method trained and scored
+def test_dp2_compare_end_to_end_on_a_tiny_base(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`dp2 compare` (the source of README's cost figures) on the tiny model standing in for the bundled base: the
+    DP model, retraining, DP2U and one approximate method, each scored, the rows and notes written."""
+    import dataclasses
+
+    import obliviate.models.base as base
+    import obliviate.studies.targets as targets
+
+    tiny = targets.FineTuneRecipe(max_passes=1, first_check=1, check_every=1, check_max_new_tokens=4,
+                                  tokens_per_batch=4096, replay_ratio=0.1)
+    monkeypatch.setattr(base, "bundled_base_dir", lambda: tiny_model_dir)
+    monkeypatch.setattr(targets, "FineTuneRecipe", lambda: dataclasses.replace(tiny))
+    out = tmp_path / "compare"
+    code = main(["dp2", "compare", "--dp", "epsilon=8", "delta=1e-3", "max_passes=1", "expected_batch_size=4",
+                 "max_length=32", "--method", "GradAscent", "max_steps=1", "--seeds", "0",
+                 "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    results = json.loads((out / "results.json").read_text())
+    names = [row["name"] for row in results["rows"]]
+    assert names[:2] == ["target", "oracle (retrained here)"] and names[2].startswith("DP model (eps ")
+    assert names[3:] == ["DP2U", "GradAscent max_steps=1"]
+    rows = {row["name"]: row for row in results["rows"]}
+    for name in ("oracle (retrained here)", "DP2U"):  # both timed here, one pass each under the tiny recipe
+        assert rows[name]["passes"] == 1 and rows[name]["steps"] >= 1 and rows[name]["wall_seconds"] > 0
+    assert all(0.0 <= rows[name]["final_score"] <= 1.0 for name in names)
+    dp = results["dp_model"]
+    assert dp["dp"]["epsilon"] == 8 and 0 < dp["epsilon_spent"] <= 8 * 1.02 and dp["privacy_unit"] == "document"
+    # The notes: the cost ratio, then the group guarantee for every forgotten document together.
+    cost, group = results["notes"]
+    assert cost.startswith("DP2U's fine-tuning took ") and "x the wall time of retraining" in cost
+    forgotten = int(group.split()[1])
+    expected = group_guarantee(dp["epsilon_spent"], 1e-3, forgotten)
+    assert forgotten >= 2 and f"epsilon {expected['epsilon']:.2f}" in group and "group privacy" in group
+    assert ("no guarantee" in group) == expected["vacuous"]
+    assert group in (out / "report.md").read_text() and group in printed.out
+    assert len(list((out / "evaluations").glob("*.json"))) == len(names)
