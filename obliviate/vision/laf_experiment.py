@@ -17,11 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from obliviate.errors import InputError
 from obliviate.progress import progress_bar
 from obliviate.vision.data import ForgetSpec, build_forget_set, split_images
 
 METRICS = ("retain_acc", "forget_acc", "test_acc", "test_kept_acc", "test_forgot_acc", "forget_true_acc", "mia_auc",
            "seconds")
+# A request is refused unless the original model gets at least this much more of the forget images' labels (as
+# trained) right than the model retrained without them: below it, unlearning has nothing to remove, and every
+# method, doing nothing included, matches retraining within the seeds' spread.
+MIN_FORGET_GAP = 0.05
+
 HEADERS = {"retain_acc": "retain acc", "forget_acc": "forget acc", "test_acc": "test acc",
            "test_kept_acc": "test acc (kept classes)", "test_forgot_acc": "test acc (forgotten class)",
            "forget_true_acc": "forget acc (true labels)", "mia_auc": "MIA AUC", "seconds": "time (s)"}
@@ -55,49 +61,69 @@ def run_experiment(config: ExperimentConfig, log=print) -> Results:
     from obliviate.vision import laf as L
 
     cnn = config.cnn or L.CNNConfig()
-    train = config.train or L.TrainConfig()
     laf = config.laf or L.LAFConfig()
     baselines = config.baselines or L.BaselineConfig()
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir() / "vision" / "laf"
     start = time.perf_counter()
     split = split_images(config.data, config.test_fraction, config.split_seed)
+    train = (config.train or L.TrainConfig()).for_data(len(split.train_labels))
     log(f"data: {config.data}, {len(split.train_labels)} training and {len(split.test_labels)} test images of "
-        f"{split.train_images.shape[1]}x{split.train_images.shape[2]} pixels")
+        f"{split.train_images.shape[1]}x{split.train_images.shape[2]} pixels; original and retrained models "
+        f"{train.epochs} passes")
     results = Results(config={
         "data": config.data, "forgets": [spec.name for spec in config.forgets], "methods": list(config.methods),
         "seeds": list(config.seeds), "test_fraction": config.test_fraction, "split_seed": config.split_seed,
         "cnn": asdict(cnn), "train": asdict(train), "laf": asdict(laf), "baselines": asdict(baselines),
         "torch_threads": L.torch.get_num_threads(), "machine": platform.machine()})
-    total = len(config.forgets) * len(config.seeds) * (1 + len(config.methods))
+    # First every request's original and retrained models (cached), so that a request with nothing to forget is
+    # refused before any unlearning is run.
+    prepared = []
+    for spec in config.forgets:
+        for seed in config.seeds:
+            forget_set = build_forget_set(spec, split.train_labels, seed)
+            task = L.Task.build(split, forget_set, seed)
+            original, seconds, loaded = L.cached_classifier(
+                split.train_images, forget_set.train_labels, cnn, train, seed, cache, desc=f"original s{seed}")
+            log(f"{spec.name} seed {seed}: original {'loaded' if loaded else 'trained'} "
+                f"({seconds:.1f} s to train); forget {int(forget_set.forget.sum())} of {len(forget_set.forget)}")
+            retain = forget_set.retain
+
+            def retrain(retain=retain, seed=seed, forget_set=forget_set):
+                model, seconds, _ = L.cached_classifier(split.train_images[retain], forget_set.train_labels[retain],
+                                                        cnn, train, seed, cache, desc=f"retrain s{seed}")
+                return model, seconds
+
+            before = L.evaluate(original, task)
+            check_something_to_forget(spec, seed, before["forget_acc"], L.evaluate(retrain()[0], task)["forget_acc"])
+            prepared.append((spec, seed, task, original, before, seconds, retrain))
+
+    total = len(prepared) * (1 + len(config.methods))
     with progress_bar(total, "laf runs", unit="model") as bar:
-        for spec in config.forgets:
-            for seed in config.seeds:
-                forget_set = build_forget_set(spec, split.train_labels, seed)
-                task = L.Task.build(split, forget_set, seed)
-                original, seconds, loaded = L.cached_classifier(
-                    split.train_images, forget_set.train_labels, cnn, train, seed, cache, desc=f"original s{seed}")
-                log(f"{spec.name} seed {seed}: original {'loaded' if loaded else 'trained'} "
-                    f"({seconds:.1f} s to train); forget {int(forget_set.forget.sum())} of {len(forget_set.forget)}")
-                results.runs.append(_run(spec, seed, "original", L.evaluate(original, task), seconds, {}))
+        for spec, seed, task, original, before, seconds, retrain in prepared:
+            results.runs.append(_run(spec, seed, "original", before, seconds, {}))
+            bar.update()
+            for method in config.methods:
+                model, seconds, extra = L.run_method(method, original, task, laf, baselines, seed, retrain)
+                metrics = L.evaluate(model, task)
+                results.runs.append(_run(spec, seed, method, metrics, seconds, extra))
+                log(f"  {spec.name} seed {seed} {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+                    + f", {seconds:.1f} s")
                 bar.update()
-                retain = forget_set.retain
-
-                def retrain(retain=retain, seed=seed, forget_set=forget_set):
-                    model, seconds, _ = L.cached_classifier(split.train_images[retain],
-                                                            forget_set.train_labels[retain], cnn, train, seed, cache,
-                                                            desc=f"retrain s{seed}")
-                    return model, seconds
-
-                for method in config.methods:
-                    model, seconds, extra = L.run_method(method, original, task, laf, baselines, seed, retrain)
-                    metrics = L.evaluate(model, task)
-                    results.runs.append(_run(spec, seed, method, metrics, seconds, extra))
-                    log(f"  {method}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-                        + f", {seconds:.1f} s")
-                    bar.update()
     results.rows = summarise(results.runs, [spec.name for spec in config.forgets], ["original", *config.methods])
     results.seconds = time.perf_counter() - start
     return results
+
+
+def check_something_to_forget(spec: ForgetSpec, seed: int, original_acc: float, retrained_acc: float) -> None:
+    """Refuse a request whose forget images the original model classifies (by the labels it was trained on)
+    about as well as the model retrained without them: there is nothing for unlearning to remove."""
+    if original_acc - retrained_acc < MIN_FORGET_GAP:
+        raise InputError(
+            f"{spec.name} (seed {seed}) leaves nothing to forget: the original model gets {original_acc:.3f} of "
+            f"the forget images' labels as trained right, the model retrained without them {retrained_acc:.3f} "
+            f"(the gap must be {MIN_FORGET_GAP} or more); drop it from --forget"
+            + (" or train the original longer (--original min_steps=N)" if spec.kind == "noisy" else ""),
+            field="forget")
 
 
 def _run(spec: ForgetSpec, seed: int, method: str, metrics: dict, seconds: float, extra: dict) -> dict:
