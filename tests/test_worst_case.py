@@ -4,6 +4,7 @@ end on tiny settings."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -80,6 +81,39 @@ def test_paper_upper_step_moves_weight_to_the_lowest_losses():
     stepped = paper_upper_step(torch.full((5,), 0.4, dtype=torch.float64), losses, 2, 0.2, 0.05)
     assert float(stepped.sum()) == pytest.approx(2, abs=1e-9)
     assert sorted(range(5), key=lambda i: -float(stepped[i])) == sorted(range(5), key=lambda i: float(losses[i]))
+
+
+def _iterate_fixed_losses(settings: SelectionSettings, losses, start) -> list[list[int]]:
+    """The paper's outer loop with the lower level replaced by fixed losses: the top m after each iteration."""
+    weights, chosen = torch.tensor(start, dtype=torch.float64), []
+    for iteration in range(1, settings.iterations + 1):
+        weights = paper_upper_step(weights, losses, settings.size, settings.outer_lr, settings.l2_penalty)
+        if iteration % settings.binarise_every == 0:
+            weights = binarised(weights, settings.size)
+        chosen.append(top_m(weights.tolist(), settings.size))
+    return chosen
+
+
+def test_paper_defaults_let_a_fifth_of_a_nat_reorder_the_set():
+    """Why outer_lr is 1 per nat and the weights go binary only at the end: from a binary start, documents that
+    stay 0.2 nat better remembered than the starting set overtake it by the 4th of the 6 iterations. By hand,
+    gamma 0.05: w - (l + 0.1 w) = [0.6, 0.6, -0.1, -0.1], tau = -0.25 -> [0.85, 0.85, 0.15, 0.15]; the gap
+    between the pairs then shrinks 0.7 -> 0.43 -> 0.187 -> -0.032. The former defaults (0.1 per nat, binary every
+    3 iterations) shrink it by 0.03 an iteration and put it back to 1 at the 3rd: the set never moves."""
+    losses, start = [0.3, 0.3, 0.1, 0.1], [1.0, 1.0, 0.0, 0.0]
+    settings = SelectionSettings(size=2).resolved(learning_rate=1e-4, run_steps=40)
+    assert (settings.outer_lr, settings.l2_penalty, settings.binarise_every, settings.iterations) == (1.0, 0.05, 6, 6)
+    first = paper_upper_step(start, losses, 2, settings.outer_lr, settings.l2_penalty)
+    assert first.tolist() == pytest.approx([0.85, 0.85, 0.15, 0.15], abs=1e-9)
+    assert _iterate_fixed_losses(settings, losses, start) == [[0, 1]] * 3 + [[2, 3]] * 3
+    former = dataclasses.replace(settings, outer_lr=0.1, binarise_every=3)
+    assert _iterate_fixed_losses(former, losses, start) == [[0, 1]] * 6
+
+
+def test_paper_binarise_every_defaults_to_the_iterations():
+    assert SelectionSettings(size=2, iterations=9).resolved(1e-4, 40).binarise_every == 9
+    assert SelectionSettings(size=2, binarise_every=2).resolved(1e-4, 40).binarise_every == 2
+    assert SelectionSettings(size=2, procedure="unrolled").resolved(1e-4, 40).binarise_every is None
 
 
 @pytest.mark.parametrize("weights, size, expected", [

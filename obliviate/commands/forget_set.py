@@ -20,7 +20,7 @@ def add_parser(commands) -> None:
                     "document's forget loss weighted by w (the rest of the pool as retain, weighted 1 - w) and "
                     "moves w towards the documents whose NLL stays lowest after it; the m largest weights win. "
                     "The default procedure is the paper's (sign-SGD unlearning steps, the per-document NLL plus "
-                    "2*gamma*w as the weights' gradient, periodic binarisation); procedure=unrolled is the exact "
+                    "2*gamma*w as the weights' gradient, binary weights at the end); procedure=unrolled is the exact "
                     "hypergradient through a few normalised steps on the last layers. Writes OUT/forget.jsonl "
                     "(every probe of the chosen documents, LUME format), OUT/rest.jsonl (the pool's other "
                     "documents: a retain set for `obliviate unlearn`) and OUT/selection.json (the record).")
@@ -54,8 +54,8 @@ def add_parser(commands) -> None:
                                  f"lower level, 0: every weight; {paper['unroll_layers']}, "
                                  f"{unrolled['unroll_layers']}), l2_penalty (paper: gamma of gamma*||w||^2; "
                                  f"{paper['l2_penalty']}), binarise_every (paper: w becomes its top m every this "
-                                 f"many iterations; {paper['binarise_every']}), seed (of the starting weights and of "
-                                 "the random sets; 0)")
+                                 "many iterations; default iterations, i.e. only at the end), seed (of the "
+                                 "starting weights and of the random sets; 0)")
     # The old spellings, one release: --rest FILE, --steps, --iterations, --inner-lr, --outer-lr, --unroll-layers,
     # --seed.
     forget_set.add_argument("--rest", metavar="FILE", help=argparse.SUPPRESS)

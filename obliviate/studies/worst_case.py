@@ -32,7 +32,8 @@ Two procedures solve it (``SelectionSettings.procedure``).
 3. steps ``w <- P(w - outer_lr * (l + 2 gamma w))`` (:func:`paper_upper_step`): weight leaves the documents the
    unlearning forgot and goes to those it left remembered; gamma (``l2_penalty``) pulls the weights towards
    each other, so the relaxed problem has one minimiser;
-4. every ``binarise_every`` iterations replaces w by its top m (1 on the m largest weights, 0 elsewhere).
+4. every ``binarise_every`` iterations (by default only after the last) replaces w by its top m (1 on the m
+   largest weights, 0 elsewhere).
 
 The weights start binary, on m documents drawn with ``seed`` (the reference starts from a random forget set too),
 and the worst-case set is the top m of the final weights. Deviations from the reference: a lower-level step
@@ -43,10 +44,21 @@ sqrt(run_steps / K)``, ``run_steps`` being the run's ``max_steps`` for m documen
 measurement on the micro benchmark (GradDiff and NPO, one random 5-document set), K sign steps of
 ``learning_rate`` raised the set's NLL well short of what the real run did and K steps of ``learning_rate *
 run_steps / K`` (the run's largest possible displacement) far beyond it; the default is the geometric middle.
-The defaults of ``iterations``, ``outer_lr``, ``l2_penalty`` and ``binarise_every`` are this project's, small
-enough for a selection of about a minute on 2 CPU cores (the reference's data-wise defaults are w_lr 0.01,
-gamma 0 and 10 iterations with a binarisation every 20, i.e. only at the end). The lower level is the method's
-unlearning only (the paper's can also be retraining).
+The defaults of ``iterations`` (6), ``outer_lr`` (1 per nat), ``l2_penalty`` (0.05) and ``binarise_every`` (the
+iterations: binary only at the end) are this project's; 6 iterations keep a selection near a minute on 2 CPU
+cores. The reference's data-wise defaults are w_lr 0.01, gamma 0 and 10 iterations with a binarisation every 20,
+which it caps at the iterations, so its weights too are binary only after the last one; its step is on the raw
+per-example cross-entropy of an image classifier, so its w_lr does not carry over to per-token NLLs. Why 1 per
+nat: the projection shifts every weight by the same tau, so (clipping at 0 and 1 aside) the order of two weights
+changes only through their difference, which each iteration changes by ``outer_lr * (l_i - l_j + 2 gamma (w_i
+- w_j))``; from binary weights that difference is 1. On the micro benchmark's documents the NLLs after the
+lower level differ by tenths of a nat (0.07-0.57 nat over the pool in the first measured selection), so at 0.1 per
+nat three iterations move a difference by less than 0.2 and a binarisation every 3 iterations put the weights back
+on the random start (docs/worst-case.md); at 1 per nat a document kept 0.2 nat better remembered than a starting
+one overtakes it within 4 iterations (``tests/test_worst_case.py`` works it by hand), while one iteration's change
+stays below the whole gap, so the weights do not jump wholesale to the documents the last lower level left alone
+(which the next lower level would then unlearn). The lower level is the method's unlearning only (the paper's can
+also be retraining).
 
 ``unrolled``: the earlier surrogate, kept as a named option. The K lower-level steps are normalised gradient
 steps ``theta <- theta - inner_lr * g / ||g||`` on the last ``unroll_layers`` decoder layers (2), unrolled with
@@ -90,12 +102,12 @@ UNMODELLED_TRAINING = ("prune", "l1_weight", "mask", "lora", "train_params", "tr
 PROCEDURES = ("paper", "unrolled")
 
 # Each procedure's defaults for the settings left at None in SelectionSettings. The paper's inner_lr default
-# (None here too) is resolved against the method's run by :meth:`SelectionSettings.resolved`. The paper's
-# outer_lr and binarise_every are provisional: on the micro benchmark (GradDiff, seed 0) they left the selection
-# at its random starting set (docs/worst-case.md).
+# (None here too) is resolved against the method's run by :meth:`SelectionSettings.resolved`, its binarise_every
+# (None) to ``iterations``: the weights are made binary only at the end, as the reference's are with its defaults.
+# Why outer_lr is 1 per nat: see the module docstring.
 PROCEDURE_DEFAULTS = {
-    "paper": {"iterations": 6, "unroll_steps": 3, "inner_lr": None, "outer_lr": 0.1, "unroll_layers": 0,
-              "l2_penalty": 0.05, "binarise_every": 3},
+    "paper": {"iterations": 6, "unroll_steps": 3, "inner_lr": None, "outer_lr": 1.0, "unroll_layers": 0,
+              "l2_penalty": 0.05, "binarise_every": None},
     "unrolled": {"iterations": 10, "unroll_steps": 4, "inner_lr": 0.5, "outer_lr": 0.1, "unroll_layers": 2},
 }
 PAPER_ONLY = ("l2_penalty", "binarise_every")
@@ -140,11 +152,13 @@ class SelectionSettings:
     def resolved(self, learning_rate: float, run_steps: int) -> "SelectionSettings":
         """Every None filled with the procedure's default. The paper's ``inner_lr`` defaults to the method's
         ``learning_rate`` times ``sqrt(run_steps / K)`` (``run_steps``: the run's ``max_steps``), at least
-        ``learning_rate`` (module docstring)."""
+        ``learning_rate`` (module docstring); its ``binarise_every`` to ``iterations`` (binary only at the end)."""
         values = {name: value if getattr(self, name) is None else getattr(self, name)
                   for name, value in PROCEDURE_DEFAULTS[self.procedure].items()}
         if self.procedure == "paper" and values["inner_lr"] is None:
             values["inner_lr"] = learning_rate * math.sqrt(max(1.0, run_steps / values["unroll_steps"]))
+        if self.procedure == "paper" and values["binarise_every"] is None:
+            values["binarise_every"] = values["iterations"]
         return dataclasses.replace(self, **values)
 
 
