@@ -2,16 +2,17 @@
 docs/worst-case.md that name this script were made.
 
     for seed in 0 1 2; do
-        obliviate forget-set --worst-case 5 --method GradDiff --pool bundled --out /tmp/wc3/graddiff-$seed \\
-            --selection seed=$seed --compare-random 5
+        obliviate forget-set --worst-case 5 --method GradDiff --pool bundled --out /tmp/wc4/graddiff-$seed \\
+            --selection seed=$seed --compare-random 2
     done
-    python experiments/worst_case_seeds.py /tmp/wc3/graddiff-0 /tmp/wc3/graddiff-1 /tmp/wc3/graddiff-2
+    python experiments/worst_case_seeds.py /tmp/wc4/graddiff-0 /tmp/wc4/graddiff-1 /tmp/wc4/graddiff-2
 
 Each DIR holds a `selection.json` with a comparison. Prints one Markdown table: the worst-case set of every
 selection seed, their mean ± std, the lowest-loss control (the same documents and the same unlearning run in
 every record: printed once, with a check that the records agree), and the random draws of all records pooled
 (mean ± std); then, per seed, the chosen documents, how many of them the lowest-loss set holds and the
-starting set (the paper procedure starts from a random one). Reads JSON only: no torch.
+starting set (the paper procedure starts from a random one) with F, the selection's objective, at the start and
+at the chosen set (lower: better remembered after the lower level). Reads JSON only: no torch.
 """
 
 import argparse
@@ -85,6 +86,8 @@ def main() -> int:
               f"{len(control_ids & set(chosen))} of {len(chosen)} in the lowest-loss set"
               + (f"; started from {', '.join(doc[:8] for doc in start)} "
                  f"({len(set(start) & set(chosen))} kept)" if start else "")
+              + (f"; F at the start {record['objective_per_iteration'][0]:.3f}, at the chosen set "
+                 f"{record['objective_chosen']:.3f}" if start and record['objective_per_iteration'] else "")
               + f"; selection {record['selection_seconds']:.1f} s")
     return 0
 
