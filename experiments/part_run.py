@@ -45,6 +45,7 @@ def main() -> None:
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
     from obliviate.audit.spread import bootstrap_standard_errors
     from obliviate.models.loading import load_model
+    from obliviate.training.calibration import build_references
     from obliviate.studies.demo import method_entry
     from obliviate.studies.targets import benchmark_from, build_micro_models, resolve_base
     from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
@@ -110,26 +111,27 @@ def main() -> None:
             if plan.method_name != "AntiExpert":
                 continue
             config = plan.method_config
+            margins = [float(m) for m in args.margins.split(",") if m.strip() and float(m) != config.margin]
+            if not (args.recalibrate or margins):
+                continue
+            references = build_references(tokenizer, part.forget, part.calibration,
+                                          load_model(base_dir, device=None).model,
+                                          margin=plan.training.calibration_margin)
             if args.recalibrate:
                 other = "target" if config.reference_drift == "served" else "served"
-                recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target, other,
+                recalibrated(name, plan, result, references, tokenizer, evaluated, report, target, other,
                              config.margin)
-            for margin in (float(m) for m in args.margins.split(",") if m.strip()):
-                if margin != config.margin:
-                    recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target,
-                                 config.reference_drift, margin)
+            for margin in margins:
+                recalibrated(name, plan, result, references, tokenizer, evaluated, report, target,
+                             config.reference_drift, margin)
             result.model.margin = config.margin
 
 
-def recalibrated(name, plan, result, part, models, base_dir, evaluated, report, target, drift, margin) -> None:
-    """Calibrate the wrapper of an AntiExpert run again with ``drift`` and ``margin``; score it."""
+def recalibrated(name, plan, result, references, tokenizer, evaluated, report, target, drift, margin) -> None:
+    """Calibrate the wrapper of an AntiExpert run again with ``drift`` and ``margin`` (``references``: the base's
+    losses, built once per run); score it."""
     from obliviate.methods.anti_expert import calibrate_weight, document_losses_under
-    from obliviate.models.loading import load_model
-    from obliviate.training.calibration import build_references
 
-    tokenizer = models.tokenizer
-    references = build_references(tokenizer, part.forget, part.calibration,
-                                  load_model(base_dir, device=None).model, margin=plan.training.calibration_margin)
     fixed = document_losses_under(result.model.target, tokenizer, references.calibration_texts) \
         if drift == "target" else None
     result.model.margin = margin
