@@ -5,6 +5,7 @@ the oracle's: how the figures in docs/results.md that name this script were made
     python experiments/part_run.py test AntiExpert --seeds 0,1
     python experiments/part_run.py test AntiExpert --seeds 1,2 --recalibrate   # also reference_drift=target
     python experiments/part_run.py validation AntiExpert --margins 0,0.5,1,2   # also margin=0, 0.5 and 2
+    python experiments/part_run.py test AntiExpert --seeds 0 --target-seed 1   # the seed-1 target and oracle
 
 ``--recalibrate``: after each AntiExpert run, the same wrapper (the same trained anti-expert) is calibrated
 again with the other ``reference_drift`` and scored again, so that the two calibrations are compared on one
@@ -34,6 +35,8 @@ def main() -> None:
     parser.add_argument("entries", nargs="+", help='method entries, "NAME key=value ..."')
     parser.add_argument("--benchmark", default="standard")
     parser.add_argument("--seeds", default="0", help="unlearning seeds, comma-separated (default 0)")
+    parser.add_argument("--target-seed", type=int, default=0,
+                        help="the fine-tuning seed of target and oracle (default 0, the prebuilt pair)")
     parser.add_argument("--cache-dir", default=None, help="model cache (see obliviate demo)")
     parser.add_argument("--out", default="part-runs", help="evaluations and records are written here")
     parser.add_argument("--recalibrate", action="store_true",
@@ -47,20 +50,22 @@ def main() -> None:
     from obliviate.models.loading import load_model
     from obliviate.training.calibration import build_references
     from obliviate.studies.demo import method_entry
-    from obliviate.studies.targets import benchmark_from, build_micro_models, resolve_base
+    from obliviate.studies.targets import benchmark_from, build_micro_models, fine_tune_recipe, resolve_base
     from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
     from obliviate.training.unlearn import unlearn
 
     benchmark = benchmark_from(None, base="bundled", name=args.benchmark)
     validation, test = split_benchmark(benchmark)
     part = validation if args.part == "validation" else test
-    models = build_micro_models(benchmark, cache_dir=args.cache_dir, log=lambda message: None, base="bundled")
+    models = build_micro_models(benchmark, fine_tune_recipe(benchmark.kind, args.target_seed),
+                                cache_dir=args.cache_dir, log=lambda message: None, base="bundled")
     base_dir = resolve_base("bundled", args.benchmark)
     tokenizer = models.tokenizer
     data = EvaluationData(forget=part.forget, retain=part.retain, members=part.members,
                           nonmembers=part.nonmembers, utility=part.utility, heldout=part.heldout or None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    prefix = f"{args.benchmark}-{args.part}" + (f"-target{args.target_seed}" if args.target_seed else "")
     member_ids = [document.id for document in part.members]
     nonmember_tasks = [document.task for document in part.nonmembers]
 
@@ -75,7 +80,7 @@ def main() -> None:
         print(f"{name:<32} {figures} heldout_loss={row['heldout_loss']:.3f} verdict={verdict} {extra}", flush=True)
 
     def evaluated(name: str, model) -> dict:
-        path = out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.json"
+        path = out / f"{prefix}-{name.replace(' ', '_')}.json"
         if name in ("target", "oracle") and path.is_file():  # the same models' scores, from an earlier call
             return json.loads(path.read_text())
         results = evaluate(model, tokenizer, data, max_new_tokens=256, batch_size=32, desc=None)
@@ -100,7 +105,7 @@ def main() -> None:
             seconds = time.time() - started
             name = f"{entry}@seed{seed}"
             results = evaluated(name, result.model)
-            (out / f"{args.benchmark}-{args.part}-{name.replace(' ', '_')}.record.json").write_text(
+            (out / f"{prefix}-{name.replace(' ', '_')}.record.json").write_text(
                 json.dumps(result.record, default=str))
             member = statistics.fmean(results["mia_losses"]["member"])
             nonmember = statistics.fmean(results["mia_losses"]["nonmember"])
