@@ -79,3 +79,28 @@ def test_rows_that_end_early_leave_the_batch(tiny_model, tiny_tokenizer, bundled
     assert len(lengths) > 2  # rows really end at different steps
     for batch_size in (3, 5):
         assert generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=16, batch_size=batch_size) == sequential
+
+
+def test_prompts_of_different_lengths_are_prefilled_apart_and_decoded_together(tiny_model, tiny_tokenizer,
+                                                                                bundled_probes):
+    """Documents and questions in one batch: prefilled in two groups (a question is not padded to a document's
+    length), then decoded as one batch, so the batch takes as many steps as its longest generation; every
+    generation equals the official loop's."""
+    probes = bundled_probes["forget"][:4] + bundled_probes["utility"][:4]
+    prompts = [p.input for p in probes]
+    lengths = [len(tiny_tokenizer(prompt).input_ids) for prompt in prompts]
+    assert max(lengths) > 2 * min(lengths)  # two length groups
+    calls = {"prefill": 0, "step": 0}
+
+    def count(module, args, kwargs):
+        calls["step" if kwargs["input_ids"].shape[1] == 1 else "prefill"] += 1
+
+    handle = tiny_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        batched = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=8)
+    finally:
+        handle.remove()
+    sequential = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=1)
+    assert batched == sequential
+    assert calls["prefill"] == 2
+    assert calls["step"] <= 12 - 1  # one batch: at most max_new_tokens - 1 steps after the prefills

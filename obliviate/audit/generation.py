@@ -82,18 +82,21 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     outputs: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device
     own_loop = batch_size > 1 and is_plain_greedy(config) and _plain_cache(model)
+    pad_id = pad_id_of(tokenizer)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
-            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
-                                                          side="left")
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        with torch.inference_mode(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+            # Our loop decodes batch_size rows at a time whatever their lengths (it prefills them in groups of
+            # similar length); model.generate takes one padded batch, so its batches are cut by length too.
+            batches = (_longest_first_chunks([len(ids) for ids in encoded], batch_size) if own_loop
+                       else longest_first_batches([len(ids) for ids in encoded], batch_size))
+            for indices in batches:
                 if own_loop:
-                    new_tokens = _greedy_batch(model, input_ids, attention_mask, config)
+                    new_tokens = _greedy_batch(model, [encoded[i] for i in indices], pad_id, config, device)
                 else:
-                    generated = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                    input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id, side="left")
+                    generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                                generation_config=config)
                     new_tokens = generated[:, input_ids.shape[1]:].tolist()
                 for i, tokens in zip(indices, new_tokens):
@@ -102,6 +105,12 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
     finally:
         model.train(was_training)
     return outputs
+
+
+def _longest_first_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Indices sorted longest first, in chunks of ``size``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + size] for start in range(0, len(order), size)]
 
 
 def _plain_cache(model) -> bool:
@@ -118,28 +127,41 @@ def _plain_cache(model) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
-    """Greedy decoding of a left-padded batch with a KV cache; each row ends at an end token (included, as
-    ``model.generate`` includes it) or at ``max_new_tokens``. Every row sees exactly what it would see alone:
-    left padding is masked out, and positions count its real tokens only.
+def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config, device) -> list[list[int]]:
+    """Greedy decoding of ``sequences`` (token ids) together, with a KV cache; each row ends at an end token
+    (included, as ``model.generate`` includes it) or at ``max_new_tokens``. Every row sees exactly what it would
+    see alone: left padding is masked out, and positions count its real tokens only.
 
+    The prompts are prefilled in groups of similar length (:func:`longest_first_batches`: a question is not
+    padded to a document's length), and the groups' caches are then joined, right-aligned, into one batch that
+    decodes together: a batch's steps are as many as its longest answer, so fewer batches mean fewer steps.
     Removing a row copies the whole cache, so rows that ended ride along (their outputs ignored) until a quarter
     of the batch has ended; then they are dropped, with the padding columns no live row needs any more.
     """
     import torch
 
-    eos = config.eos_token_id
-    eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
-    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    rows = list(range(input_ids.shape[0]))  # batch row -> original row, None once it has ended
     from obliviate.models.wrappers import cache_argument
 
+    eos = config.eos_token_id
+    eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
     cache_name = cache_argument()
-    cache = _new_cache(model)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
-                   logits_to_keep=1, **{cache_name: cache}).logits[:, -1]
-    mask, positions = attention_mask, positions[:, -1:]
+    groups = list(longest_first_batches([len(ids) for ids in sequences], len(sequences)))
+    prefilled = []  # per group: its cache, attention mask, last positions and last logits
+    for group in groups:
+        input_ids, attention_mask = pad_sequences([sequences[i] for i in group], pad_id, side="left")
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        cache = _new_cache(model)
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **{cache_name: cache}).logits[:, -1]
+        prefilled.append((cache, attention_mask, positions[:, -1:], logits))
+    order = [i for group in groups for i in group]  # batch row -> index into sequences
+    cache, mask = _joined(prefilled)
+    positions = torch.cat([p for _, _, p, _ in prefilled])
+    logits = torch.cat([l for _, _, _, l in prefilled])
+    del prefilled
+    new_tokens: list[list[int]] = [[] for _ in sequences]
+    rows: list[int | None] = list(order)  # batch row -> index into sequences, None once it has ended
     while True:
         next_tokens = logits.argmax(dim=-1)
         live = []
@@ -155,7 +177,7 @@ def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
         if not live:
             return new_tokens
         if len(rows) - len(live) >= max(1, len(rows) // 4):
-            selected = torch.tensor(live, device=input_ids.device)
+            selected = torch.tensor(live, device=device)
             cache.batch_select_indices(selected)
             mask, positions, next_tokens = mask[selected], positions[selected], next_tokens[selected]
             rows = [rows[row] for row in live]
@@ -164,6 +186,35 @@ def _greedy_batch(model, input_ids, attention_mask, config) -> list[list[int]]:
         positions = positions + 1
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                        use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+
+def _joined(prefilled):
+    """One cache and attention mask from the prefilled groups' (rows stacked in group order), each group's
+    columns right-aligned to the widest group's, the columns to their left masked out."""
+    import torch
+
+    if len(prefilled) == 1:
+        cache, mask, _, _ = prefilled[0]
+        return cache, mask
+    width = max(mask.shape[1] for _, mask, _, _ in prefilled)
+    caches = [cache for cache, _, _, _ in prefilled]
+    joined = caches[0]
+    for index, layer in enumerate(joined.layers):
+        buffers = []
+        for name in ("keys", "values"):
+            tensors = [getattr(c.layers[index], name) for c in caches]
+            # Room for the steps to come, as _GrowingLayer keeps: the first step writes in place.
+            whole = tensors[0].new_empty((sum(t.shape[0] for t in tensors), tensors[0].shape[1],
+                                          width + layer.spare, tensors[0].shape[-1]))
+            start = 0
+            for t in tensors:
+                whole[start:start + t.shape[0], :, :width - t.shape[-2]] = 0
+                whole[start:start + t.shape[0], :, width - t.shape[-2]:width] = t
+                start += t.shape[0]
+            buffers.append(whole)
+        layer.adopt(*buffers, width)
+    mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for _, m, _, _ in prefilled])
+    return joined, mask
 
 
 def _new_cache(model):
@@ -205,6 +256,26 @@ def _growing_layer_class():
             self._owned = self.keys
             return self.keys, self.values
 
+        def adopt(self, key_buffer, value_buffer, length: int) -> None:
+            """Hold these buffers, their first ``length`` positions filled, as its own."""
+            self._key_buffer, self._value_buffer = key_buffer, value_buffer
+            self.keys, self.values = key_buffer[..., :length, :], value_buffer[..., :length, :]
+            self._owned = self.keys
+
+        def batch_select_indices(self, indices) -> None:
+            """Keep these rows (one copy, into buffers that keep their room to spare)."""
+            if getattr(self, "_owned", None) is not self.keys:
+                return super().batch_select_indices(indices)
+            self.adopt(self._key_buffer[indices], self._value_buffer[indices], self.keys.shape[-2])
+
+        def drop_leading(self, columns: int) -> None:
+            """Forget the first ``columns`` positions (views: nothing is copied)."""
+            length = self.keys.shape[-2]
+            if getattr(self, "_owned", None) is self.keys:
+                self.adopt(self._key_buffer[..., columns:, :], self._value_buffer[..., columns:, :], length - columns)
+            else:
+                self.keys, self.values = self.keys[..., columns:, :], self.values[..., columns:, :]
+
     return GrowingLayer
 
 
@@ -215,5 +286,5 @@ def _trim(cache, mask):
     if first == 0:
         return cache, mask
     for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+        layer.drop_leading(first)
     return cache, mask[:, first:]
