@@ -350,7 +350,8 @@ def test_token_statistics_argmax_hits_match_a_direct_pass(tiny_tokenizer, tiny_m
 
 def test_suites_share_forward_passes_and_generations(monkeypatch, tiny_tokenizer, tiny_model, bundled_probes):
     """One audit computes a model's token statistics of a set of texts, and its continuations of a set of
-    prompts, once whichever suites ask; the numbers equal those of each suite run alone."""
+    prompts, once whichever suites ask (the distance's passes give both models' statistics); the numbers equal
+    those of each suite run alone."""
     import obliviate.audit.generation as generation
     import obliviate.audit.mia as mia
     from obliviate.audit.suites import run_audit
@@ -358,14 +359,17 @@ def test_suites_share_forward_passes_and_generations(monkeypatch, tiny_tokenizer
 
     data = _small_audit_data(bundled_probes)
     oracle = build_tiny_model(tiny_tokenizer, seed=1)
-    settings = AuditSettings(suites=("mia", "muse", "memorisation", "tofu"), mia_attacks=("loss", "min_k"),
-                             batch_size=4, answer_tokens=4, continuation_tokens=4)
-    calls = {"token_statistics": [], "generate": []}
-    for module, name in ((mia, "token_statistics"), (generation, "generate")):
+    settings = AuditSettings(suites=("mia", "muse", "distance", "memorisation", "tofu"),
+                             mia_attacks=("loss", "min_k", "reference"), batch_size=4, answer_tokens=4,
+                             continuation_tokens=4)
+    calls = {"token_statistics": [], "generate_tokens": []}
+    for module, name in ((mia, "token_statistics"), (generation, "generate_tokens")):
         original = getattr(module, name)
 
         def counted(model, tokenizer, items, *args, _original=original, _name=name, **kwargs):
-            calls[_name].append((id(model), tuple(items)))
+            # token statistics: once per set of texts; generations: once per prompt
+            calls[_name].extend([(id(model), tuple(items))] if _name == "token_statistics"
+                                else [(id(model), item) for item in items])
             return _original(model, tokenizer, items, *args, **kwargs)
 
         monkeypatch.setattr(module, name, counted)
@@ -380,3 +384,23 @@ def test_suites_share_forward_passes_and_generations(monkeypatch, tiny_tokenizer
             suites=(suite,), mia_attacks=settings.mia_attacks, batch_size=4, answer_tokens=4,
             continuation_tokens=4), oracle=oracle, reference=tiny_model)
         assert json.dumps(alone[suite], sort_keys=True) == json.dumps(together[suite], sort_keys=True)
+
+
+def test_a_longer_generation_answers_a_shorter_request(monkeypatch, tiny_tokenizer, tiny_model, bundled_probes):
+    """Within an audit, a prompt generated with more new tokens is not generated again for fewer: its first
+    tokens are the shorter generation (greedy decoding), the text equal to generating it directly."""
+    import obliviate.audit.generation as generation
+    import obliviate.audit.suites as suites
+    from obliviate.audit.generation import generate
+
+    prompts = [p.input for p in bundled_probes["forget"][:5]]
+    settings = AuditSettings(batch_size=4)
+    expected = generate(tiny_model, tiny_tokenizer, prompts[:3], max_new_tokens=5, batch_size=1)
+    monkeypatch.setattr(suites, "_shared", suites._SharedWork({id(tiny_model)}))
+    suites._generate(tiny_model, tiny_tokenizer, prompts, settings, 12)
+    calls = []
+    monkeypatch.setattr(generation, "generate_tokens", lambda *args, **kwargs: calls.append(args) or [])
+    assert suites._generate(tiny_model, tiny_tokenizer, prompts[:3], settings, 5) == expected
+    assert not calls
+    monkeypatch.setattr(suites, "_shared", None)
+    assert any(len(text) for text in expected)

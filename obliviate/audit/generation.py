@@ -66,7 +66,15 @@ def is_plain_greedy(config) -> bool:
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 16,
              desc: str | None = "generating") -> list[str]:
-    """Greedy continuations of ``prompts``, in order.
+    """Greedy continuations of ``prompts``, in order, decoded as the official scorer decodes them (see
+    :func:`generate_tokens`)."""
+    return [official_decode(tokenizer, tokens) for tokens in generate_tokens(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)]
+
+
+def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 16,
+                    desc: str | None = "generating") -> list[list[int]]:
+    """The new token ids of greedy continuations of ``prompts``, in order (an end token included).
 
     ``batch_size=1`` calls ``model.generate`` on each prompt: the official loop. Larger batches use
     :func:`_greedy_batch`, which decodes a batch with a KV cache that grows in place and drops rows as they end,
@@ -79,7 +87,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
         return []
     encoded = [tokenizer(prompt).input_ids for prompt in prompts]
     config = greedy_config(model, tokenizer, max_new_tokens)
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[list[int]] = [[] for _ in prompts]
     device = next(model.parameters()).device
     own_loop = batch_size > 1 and is_plain_greedy(config) and _plain_cache(model)
     pad_id = pad_id_of(tokenizer)
@@ -100,7 +108,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
                                                generation_config=config)
                     new_tokens = generated[:, input_ids.shape[1]:].tolist()
                 for i, tokens in zip(indices, new_tokens):
-                    outputs[i] = official_decode(tokenizer, tokens)
+                    outputs[i] = list(tokens)
                 bar.update(len(indices))
     finally:
         model.train(was_training)

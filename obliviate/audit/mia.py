@@ -67,20 +67,27 @@ def token_statistics(model, tokenizer, texts: Sequence[str], *, batch_size: int 
         for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
             input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-            log_softmax = torch.log_softmax(logits, dim=-1)
-            token = log_softmax.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-            probs = log_softmax.exp()
-            mean = (probs * log_softmax).sum(-1)
-            variance = (probs * log_softmax.square()).sum(-1) - mean.square()
-            std = variance.clamp(min=0).sqrt()
-            hits = logits.argmax(-1) == input_ids[:, 1:]
-            for row, i in enumerate(indices):
-                n = len(encoded[i]) - 1
-                results[i] = TokenStatistics(token[row, :n].tolist(), mean[row, :n].tolist(), std[row, :n].tolist(),
-                                             hits[row, :n].tolist())
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            for i, stats in zip(indices, statistics_of(logits, input_ids, [len(encoded[i]) for i in indices])):
+                results[i] = stats
             bar.update(len(indices))
     return results  # type: ignore[return-value]
+
+
+def statistics_of(logits, input_ids, lengths: Sequence[int]) -> list[TokenStatistics]:
+    """Each row's :class:`TokenStatistics` from a right-padded batch's logits (``lengths``: real tokens)."""
+    import torch
+
+    logits = logits[:, :-1].float()
+    log_softmax = torch.log_softmax(logits, dim=-1)
+    token = log_softmax.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    probs = log_softmax.exp()
+    mean = (probs * log_softmax).sum(-1)
+    variance = (probs * log_softmax.square()).sum(-1) - mean.square()
+    std = variance.clamp(min=0).sqrt()
+    hits = logits.argmax(-1) == input_ids[:, 1:]
+    return [TokenStatistics(token[row, :n - 1].tolist(), mean[row, :n - 1].tolist(), std[row, :n - 1].tolist(),
+                            hits[row, :n - 1].tolist()) for row, n in enumerate(lengths)]
 
 
 def min_k_mean(values: Sequence[float], fraction: float) -> float:

@@ -112,13 +112,21 @@ def run_audit(model, tokenizer, data: AuditData, settings: AuditSettings, *, ora
     global _shared
     _shared = _SharedWork({id(m) for m in (model, oracle, reference) if m is not None})
     try:
+        if "distance" in settings.suites and oracle is not None:
+            # The distance's forward passes of model and oracle also give both models' token statistics of the
+            # same documents, which the other suites read; their time counts as the distance suite's.
+            started = time.perf_counter()
+            for documents in _document_groups(data).values():
+                _paired(model, oracle, tokenizer, documents, settings)
+            if seconds is not None:
+                seconds["distance"] = time.perf_counter() - started
         for suite in settings.suites:
             log(f"audit: {suite}")
             started = time.perf_counter()
             results[suite] = SUITE_FUNCTIONS[suite](model, tokenizer, data, settings, oracle=oracle,
                                                     reference=reference)
             if seconds is not None:
-                seconds[suite] = time.perf_counter() - started
+                seconds[suite] = seconds.get(suite, 0.0) + time.perf_counter() - started
     finally:
         _shared = None
     return results
@@ -143,6 +151,10 @@ class _SharedWork:
             self.results[key] = compute()
         return self.results[key]
 
+    def put(self, model, key: tuple, value: list) -> None:
+        if id(model) in self.model_ids:
+            self.results[(id(model), *key)] = value
+
 
 _shared: _SharedWork | None = None
 
@@ -160,12 +172,49 @@ def _token_statistics(model, tokenizer, documents: Sequence[Document], settings:
                                       desc=None), documents))
 
 
-def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int) -> list[str]:
-    from obliviate.audit.generation import generate
+def _paired(model, oracle, tokenizer, documents: Sequence[Document], settings: AuditSettings) -> list[float]:
+    """Each document's KL(oracle || model) (:func:`obliviate.audit.distance.kl_to_oracle`); the same passes
+    leave both models' token statistics of the documents in the audit's shared results."""
+    from obliviate.audit.distance import paired_pass
 
-    return _memoised(model, ("generate", tuple(prompts), max_new_tokens), lambda: shard_map(
-        lambda chunk: generate(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
-                               batch_size=settings.batch_size, desc=None), prompts))
+    texts = tuple(d.text for d in documents)
+
+    def compute() -> list[float]:
+        rows = shard_map(lambda docs: list(zip(*paired_pass(model, oracle, tokenizer, [d.text for d in docs],
+                                                            settings.batch_size))), documents)
+        if _shared is not None:
+            _shared.put(model, ("token_statistics", texts), [row[1] for row in rows])
+            _shared.put(oracle, ("token_statistics", texts), [row[2] for row in rows])
+        return [row[0] for row in rows]
+
+    return _memoised(model, ("kl_to_oracle", id(oracle), texts), compute)
+
+
+def _document_groups(data) -> dict[str, list[Document]]:
+    """The documents the likelihood suites measure: forget (members), retain and non-members."""
+    return {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
+
+
+def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int) -> list[str]:
+    """Greedy continuations, each prompt generated once per audit and model: a continuation generated with
+    more new tokens (or that ended before its limit) answers a request for fewer, as its first tokens."""
+    from obliviate.audit.generation import generate_tokens, official_decode
+
+    if _shared is None or id(model) not in _shared.model_ids:
+        done: dict[str, tuple[int, list[int]]] = {}
+    else:
+        done = _shared.results.setdefault((id(model), "generations"), {})
+
+    def enough(prompt: str) -> bool:
+        limit, tokens = done.get(prompt, (0, []))
+        return limit >= max_new_tokens or (bool(tokens) and len(tokens) < limit)
+
+    missing = list(dict.fromkeys(p for p in prompts if not enough(p)))
+    generated = shard_map(lambda chunk: generate_tokens(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
+                                                        batch_size=settings.batch_size, desc=None),
+                          missing) if missing else []
+    done.update((prompt, (max_new_tokens, tokens)) for prompt, tokens in zip(missing, generated))
+    return [official_decode(tokenizer, done[p][1][:max_new_tokens]) for p in prompts]
 
 
 def _knowledge(probes: Sequence[Probe]) -> list[Probe]:
@@ -194,7 +243,7 @@ def mia_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) 
     from obliviate.audit.mia import CONVENTIONS, attack_scores, gradient_norms, loss_drop, mean_nll, roc_summary
 
     attacks = settings.mia_attacks
-    groups = {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
+    groups = _document_groups(data)
     stats = {name: _token_statistics(model, tokenizer, docs, settings) for name, docs in groups.items()}
     scores = {name: [attack_scores(s, d.text) for s, d in zip(stats[name], docs)] for name, docs in groups.items()}
     losses = {name: [mean_nll(s) for s in stats[name]] for name in groups}
@@ -323,13 +372,9 @@ def tofu_suite(model, tokenizer, data, settings, *, oracle=None, reference=None)
 
 
 def distance_suite(model, tokenizer, data, settings, *, oracle=None, reference=None) -> dict:
-    from obliviate.audit.distance import kl_to_oracle
-
-    groups = {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
     result = {}
-    for name, docs in groups.items():
-        per_doc = shard_map(lambda chunk: kl_to_oracle(model, oracle, tokenizer, [d.text for d in chunk],
-                                                       settings.batch_size), docs)
+    for name, docs in _document_groups(data).items():
+        per_doc = _paired(model, oracle, tokenizer, docs, settings)
         # A set without documents (question rows only) has no value.
         result[f"kl_to_oracle_{name}"] = metric(statistics.mean(per_doc) if per_doc else None, "lower", 0.0,
                                                 convention="obliviate: mean per-token KL(oracle || model)")

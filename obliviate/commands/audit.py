@@ -69,8 +69,15 @@ def run(args) -> int:
     check_data(settings, data)  # before any model loads
     place = str(device())
     loaded = load_model(args.model, dtype=args.dtype, device=place)
-    oracle = load_model(args.oracle, dtype=args.dtype, device=place).model if args.oracle else None
-    reference = load_model(args.reference, dtype=args.dtype, device=place).model if args.reference else None
+
+    def other(path):  # the audited model's directory again (--reference the model itself): the same weights
+        if path is None:
+            return None
+        if Path(path).resolve() == Path(args.model).resolve():
+            return loaded.model
+        return load_model(path, dtype=args.dtype, device=place).model
+
+    oracle, reference = other(args.oracle), other(args.reference)
     seconds: dict[str, float] = {}
     results = run_audit(loaded.model, loaded.tokenizer, data, settings, oracle=oracle, reference=reference,
                         log=lambda message: print(message, file=sys.stderr, flush=True), seconds=seconds)
