@@ -255,3 +255,17 @@ def test_unlearn_gate_verdicts_by_hand():
     assert verdict(near_uniform, near_uniform, limits) == ("passed", [])  # it was so before: no news
     assert verdict(before, {**before, "loss": float("nan")}, limits)[0] == "diverged"
     assert verdict(before, {**before, "weights_finite": False}, limits) == ("diverged", ["non-finite weights"])
+
+
+def test_the_gate_measures_a_bounded_sample_of_distinct_retain_texts():
+    """The gate's two passes cost the same on any retain set: at most GATE_TEXTS distinct texts, the same
+    sample every time, in the retain set's order."""
+    from obliviate.training.gate import GATE_TEXTS, gate_texts
+
+    few = ["a", "b", "a", "c"]
+    assert gate_texts(few, ["forget"]) == (["a", "b", "c"], "retain")
+    many = [f"retain text {i}" for i in range(200)] * 2
+    chosen, on = gate_texts(many, ["forget"])
+    assert on == "retain" and len(chosen) == GATE_TEXTS == len(set(chosen))
+    assert chosen == gate_texts(many, ["forget"])[0]  # fixed by its seed
+    assert chosen == sorted(chosen, key=many.index) and chosen != many[:GATE_TEXTS]  # a sample, not the head

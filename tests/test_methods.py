@@ -102,12 +102,14 @@ def test_npo_reference_log_probs_come_from_the_original_model(tiny_tokenizer, bu
     from obliviate.losses import sequence_log_probs
 
     model = build_tiny_model(tiny_tokenizer)
-    examples = encode_probes(tiny_tokenizer, bundled_probes["forget"][:3], max_length=512)
+    probes = bundled_probes["forget"][:3] + bundled_probes["utility"][:2] + bundled_probes["forget"][:1]
+    examples = encode_probes(tiny_tokenizer, probes, max_length=512)  # lengths differ; the last repeats the first
     attach_reference_log_probs(model, examples, tiny_tokenizer.eos_token_id, batch_size=2)
-    batch = pad(examples[:1], tiny_tokenizer.eos_token_id)
-    with torch.no_grad():
-        direct, _ = sequence_log_probs(model(input_ids=batch["input_ids"]).logits, batch["labels"])
-    assert examples[0]["reference_log_prob"] == pytest.approx(direct.item(), abs=1e-3)
+    for example in examples:  # each example's own value, whichever batch it was computed in
+        batch = pad([example], tiny_tokenizer.eos_token_id)
+        with torch.no_grad():
+            direct, _ = sequence_log_probs(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+        assert example["reference_log_prob"] == pytest.approx(direct.item(), abs=1e-3)
 
 
 def test_loss_on_output_masks_the_prompt(tiny_tokenizer, bundled_probes):

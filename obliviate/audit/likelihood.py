@@ -16,10 +16,12 @@ def token_nll(model, input_ids, attention_mask):
     """Per-token NLL of each next token, shape (batch, length - 1); zero where the target is padding."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-    return nll * attention_mask[:, 1:]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    batch, length, vocabulary = logits.shape
+    # Over contiguous rows (the last position's target is a stand-in, dropped): see losses.token_log_probs.
+    targets = F.pad(input_ids[:, 1:], (0, 1))
+    nll = F.cross_entropy(logits.reshape(-1, vocabulary), targets.reshape(-1), reduction="none").view(batch, length)
+    return nll[:, :-1] * attention_mask[:, 1:]
 
 
 def document_losses(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from obliviate.batching import pad_sequences
+from obliviate.batching import longest_first_batches, pad_sequences
 from obliviate.data.records import Probe, ProbeKind
 from obliviate.losses import IGNORE_INDEX
 
@@ -105,17 +105,24 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
     model.eval()
 
     def log_probs_of(indices: list[int]) -> list[float]:
-        values: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(indices), batch_size):
-                chunk = [examples[i] for i in indices[start:start + batch_size]]
+        values: dict[int, float] = {}
+        with torch.inference_mode():
+            # Batches of similar length (little padding), in the end returned in the order asked.
+            for batch_indices in longest_first_batches([len(examples[i]["input_ids"]) for i in indices], batch_size):
+                chunk = [examples[indices[j]] for j in batch_indices]
                 batch = {k: v.to(device) for k, v in pad(chunk, pad_id).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                values += sequence_log_probs(logits, batch["labels"])[0].tolist()
-        return values
+                values.update(zip(batch_indices, sequence_log_probs(logits, batch["labels"])[0].tolist()))
+        return [values[j] for j in range(len(indices))]
 
-    for example, value in zip(examples, shard_map(log_probs_of, list(range(len(examples))))):
-        example["reference_log_prob"] = value
+    # An example repeated (the same tokens and labels) is computed once.
+    distinct: dict[tuple, int] = {}
+    for i, example in enumerate(examples):
+        distinct.setdefault((tuple(example["input_ids"]), tuple(example["labels"])), i)
+    firsts = list(distinct.values())
+    values = dict(zip(firsts, shard_map(log_probs_of, firsts)))
+    for example in examples:
+        example["reference_log_prob"] = values[distinct[(tuple(example["input_ids"]), tuple(example["labels"]))]]
     model.train(was_training)
 
 

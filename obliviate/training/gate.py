@@ -63,11 +63,22 @@ def generic_replay_texts(avoid_texts: Sequence[str], count: int, seed: int = 0) 
     return random.Random(f"replay:{seed}").sample(pool, min(count, len(pool)))
 
 
-def gate_texts(retain_texts: Sequence[str], forget_texts: Sequence[str], limit: int = 64) -> tuple[list[str], str]:
-    """What the gate measures and its name in run.json: the retain rows, or generic text without them."""
+GATE_TEXTS = 32  # the most texts the gate measures: its two passes cost the same on any size of retain set
+
+
+def gate_texts(retain_texts: Sequence[str], forget_texts: Sequence[str], limit: int = GATE_TEXTS
+               ) -> tuple[list[str], str]:
+    """What the gate measures and its name in run.json: the retain rows (distinct texts; at most ``limit``, a
+    sample fixed by seed 0 when there are more), or generic text without them."""
+    import random
+
     if retain_texts:
-        return list(retain_texts)[:limit], "retain"
-    return generic_texts(forget_texts), "generic text (Simple English Wikipedia articles of the bundled corpus)"
+        distinct = list(dict.fromkeys(retain_texts))
+        if len(distinct) > limit:
+            distinct = [distinct[i] for i in sorted(random.Random(0).sample(range(len(distinct)), limit))]
+        return distinct, "retain"
+    return generic_texts(forget_texts, min(limit, GENERIC_COUNT)), \
+        "generic text (Simple English Wikipedia articles of the bundled corpus)"
 
 
 @dataclass

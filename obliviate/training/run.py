@@ -171,6 +171,7 @@ def run_job(job: UnlearnJob, log: Callable[[str], None] = print) -> UnlearnOutco
         after = measure(result.model, loaded.tokenizer, gated)
         verdict, reasons = gate_verdict(before, after, job.gate)
         record["gate"] = {"verdict": verdict, "reasons": reasons, "on": gated_on, "texts": len(gated),
+                          "retain_rows": len(job.retain),
                           "before": before, "after": after, "thresholds": vars(job.gate)}
     # A model that failed the gate is still written, but not where a pipeline would take it for a result.
     model_dir = "model" if verdict == "passed" else f"model-{verdict}"
