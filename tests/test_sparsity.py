@@ -199,12 +199,57 @@ def test_every_method_composes_or_refuses_before_training(name, tiny_tokenizer, 
     assert all(torch.isfinite(p).all() for p in after.values())
 
 
+def test_prune_then_retrain_then_unlearn(monkeypatch, tiny_tokenizer, bundled_probes):
+    """prune_retrain_steps: prune, then fine-tune the sparse model on the forget and retain rows (the zeros held),
+    then unlearn from it; KL's reference is the retrained sparse model, not the original."""
+    order = []
+    original_retrain = sparsity.retrain_sparse
+
+    def retrain(model, examples, zeros, *args, **kwargs):
+        order.append(("retrain", len(examples)))
+        record = original_retrain(model, examples, zeros, *args, **kwargs)
+        order.append(("retrained", {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return record
+
+    monkeypatch.setattr(sparsity, "retrain_sparse", retrain)
+    references = []
+
+    def reference_loader():
+        references.append(build_tiny_model(tiny_tokenizer))
+        return references[-1]
+
+    model = build_tiny_model(tiny_tokenizer)
+    pruned = sparsity.magnitude_prune_masks(sparsity.prunable_weights(build_tiny_model(tiny_tokenizer)), 0.5)
+    forget, retain = bundled_probes["forget"][:4], bundled_probes["retain"][:4]
+    result = unlearn(model, tiny_tokenizer, forget, retain,
+                     plan("KL", {**FAST, "prune": "0.5", "prune_retrain_steps": "3", "max_steps": "2"}),
+                     reference_loader=reference_loader, progress=False)
+    assert order[0] == ("retrain", len(forget) + len(retain))
+    retrained = order[1][1]
+    only_pruned = build_tiny_model(tiny_tokenizer)
+    sparsity.prune_by_magnitude(only_pruned, 0.5)
+    moved = [n for n, p in only_pruned.named_parameters() if not torch.equal(p.detach(), retrained[n])]
+    assert moved  # the retraining changed the pruned model
+    for which in (retrained, dict(result.model.named_parameters()), dict(references[0].named_parameters())):
+        assert all((which[n][mask] == 0).all() for n, mask in pruned.items())  # zeros held throughout
+    assert all(torch.equal(p.detach(), retrained[n]) for n, p in references[0].named_parameters())
+    selection = result.record["weight_selection"]
+    assert selection["prune_retrain_steps"] == 3 and selection["prune_retrain_rows"] == 8
+    with pytest.raises(InputError, match="field 'prune_retrain_steps'"):
+        plan("GradDiff", {"prune_retrain_steps": "3"})
+
+
 def test_procedures_keep_the_pruned_pattern(tiny_tokenizer, bundled_probes):
     """TaskVector subtracts theta_ft - theta: pruned before its snapshot, the zeros survive the negation."""
     model = build_tiny_model(tiny_tokenizer)
     result = _run(model, tiny_tokenizer, bundled_probes, "TaskVector", prune="0.5", mask="random")
     assert sparsity.zero_fraction(result.model) >= 0.5
     assert result.record["weight_selection"]["sparsity_reached"] >= 0.5
+    # Retrained once, before the procedure's snapshot (not in each of its trainings).
+    retrained = _run(build_tiny_model(tiny_tokenizer), tiny_tokenizer, bundled_probes, "TaskVector", prune="0.5",
+                     prune_retrain_steps="2")
+    assert retrained.record["weight_selection"]["prune_retrain_steps"] == 2
+    assert sparsity.zero_fraction(retrained.model) >= 0.5
 
 
 # --------------------------------------------------------------------------------------------------------------- checks

@@ -48,6 +48,10 @@ class TrainingConfig:
     # mask: update only the mask_ratio fraction of the trainable weights with the largest WAGLE attribution
     # |(theta - g_retain / mask_mu) * g_forget| (or |theta|, or at random); the others stay bit-identical.
     prune: float = 0.0
+    # Prune, then retrain (Jia et al. 2023's order): after pruning, this many steps of plain fine-tuning (mean token
+    # NLL, AdamW at prune_retrain_learning_rate) on the forget and retain rows, the zeros held, before unlearning.
+    prune_retrain_steps: int = 0
+    prune_retrain_learning_rate: float = 1e-4
     l1_weight: float = 0.0
     mask: Literal["none", "wagle", "random", "magnitude"] = "none"
     mask_ratio: float = 0.8  # fraction of the trainable weights the mask lets move
@@ -76,7 +80,10 @@ class TrainingConfig:
         if not 0 <= self.prune < 1:
             raise InputError(f"must be in [0, 1) (the fraction of linear weights pruned), got {self.prune!r}",
                              field="prune")
-        require_non_negative(self, "l1_weight")
+        require_non_negative(self, "l1_weight", "prune_retrain_steps")
+        require_positive(self, "prune_retrain_learning_rate")
+        if self.prune_retrain_steps and not self.prune:
+            raise InputError("retrains a pruned model: set prune too (e.g. prune=0.5)", field="prune_retrain_steps")
         if not 0 < self.mask_ratio <= 1:
             raise InputError(f"must be in (0, 1] (the fraction of weights updated), got {self.mask_ratio!r}",
                              field="mask_ratio")

@@ -11,7 +11,10 @@ every optimizer step. Pruning is a model edit, so it also applies to weights out
 ``train_params``/``train_layers``, and a reference model (the original for KL, UNDIAL, RMU; reference log-probs for
 NPO, IdkDPO) is the pruned model the unlearning starts from. Pruning an already pruned model changes nothing, so a
 procedure (TaskVector, ZJUKLAB) is pruned before it snapshots the weights and every training run inside it holds the
-same pattern. Plain tensors rather than ``torch.nn.utils.prune``: its reparametrisation renames every weight
+same pattern. With ``prune_retrain_steps`` the pruned model is first fine-tuned on the run's forget and retain
+rows (the paper retrains the sparse model on the original training data before unlearning; a run holds only
+these), the zeros held (:func:`retrain_sparse`), and unlearning starts from, and refers to, the retrained sparse
+model. Plain tensors rather than ``torch.nn.utils.prune``: its reparametrisation renames every weight
 ``weight_orig``, which would break ``train_params``, the LoRA targets and the procedures' snapshots by name.
 
 *l1-sparse unlearning* (same paper): ``loss + gamma_t * ||theta||_1`` over the trainable parameters, with
@@ -154,6 +157,38 @@ def prune_by_magnitude(model, sparsity: float) -> dict[str, torch.Tensor]:
         for name, pruned in magnitude_prune_masks(weights, sparsity).items():
             weights[name].masked_fill_(pruned.to(weights[name].device), 0)
     return {name: weight.detach() == 0 for name, weight in weights.items()}
+
+
+def retrain_sparse(model, examples: list[dict], zeros: dict[str, torch.Tensor], pad_id: int, *, steps: int,
+                   learning_rate: float, batch_size: int, seed: int) -> dict:
+    """Prune first's second step (Jia et al. 2023): fine-tune the pruned ``model`` in place on ``examples`` (the
+    data it was trained on, as far as the run has it) for ``steps`` optimizer steps, mean token NLL, AdamW at
+    ``learning_rate``, the ``zeros`` held at exactly zero (:class:`HeldWeights`). Returns what to record."""
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    from obliviate.training.data import pad
+
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    held = HeldWeights(parameters, {name: ~zero for name, zero in zeros.items() if name in parameters}, zeros)
+    model.train()
+    with tempfile.TemporaryDirectory(prefix="obliviate-retrain-") as scratch:
+        args = TrainingArguments(output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=learning_rate, lr_scheduler_type="constant", optim="adamw_torch",
+                                 weight_decay=0.0, seed=seed, data_seed=seed, save_strategy="no", report_to=[],
+                                 remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+                                 logging_steps=max(1, steps // 5), use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=list(examples), callbacks=[held],
+                          data_collator=lambda items: pad(items, pad_id))
+        try:
+            output = trainer.train()
+        finally:
+            held.remove()
+    model.eval()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"prune_retrain_steps": int(output.global_step), "prune_retrain_learning_rate": learning_rate,
+            "prune_retrain_rows": len(examples), "prune_retrain_final_loss": losses[-1] if losses else None}
 
 
 def hold_zeros(model, zeros: dict[str, torch.Tensor]) -> None:

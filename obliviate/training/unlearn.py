@@ -94,12 +94,26 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
         original = {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()}
     if hasattr(method, "run"):
         settings = run_plan.training
+        retrained = None
         if settings.prune > 0:
             from obliviate.training.sparsity import prune_by_magnitude
 
             # Before the procedure snapshots the weights, so what it restores and subtracts is the pruned model;
             # each train_with inside prunes again, which changes nothing, and holds the pattern.
-            prune_by_magnitude(model, settings.prune)
+            zeros = prune_by_magnitude(model, settings.prune)
+            if settings.prune_retrain_steps:  # once, here: not in each of the procedure's trainings
+                import dataclasses
+
+                from obliviate.training.data import encode_probes
+                from obliviate.training.sparsity import retrain_sparse
+
+                examples = encode_probes(tokenizer, list(forget) + list(retain), settings.max_length,
+                                         settings.loss_on)
+                retrained = retrain_sparse(model, examples, zeros, pad_id_of(tokenizer),
+                                           steps=settings.prune_retrain_steps,
+                                           learning_rate=settings.prune_retrain_learning_rate,
+                                           batch_size=settings.batch_size, seed=settings.seed)
+                settings = dataclasses.replace(settings, prune_retrain_steps=0)
         # A procedure (task arithmetic, merging): it trains with train_with as often as it needs and leaves
         # its result in `model`; its record reports the total optimizer steps as "steps".
         extra = {"base_loader": base_loader, "calibration": calibration} if getattr(method, "needs_base", False) \
@@ -111,6 +125,7 @@ def unlearn(model, tokenizer, forget: Sequence[Probe], retain: Sequence[Probe], 
             model, record = record
         record.setdefault("weight_selection", {"prune": settings.prune, "l1_weight": settings.l1_weight,
                                                "mask": settings.mask})
+        record["weight_selection"].update(retrained or {})
         if settings.prune > 0:
             from obliviate.training.sparsity import zero_fraction
 
@@ -171,6 +186,17 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
         from obliviate.training.sparsity import prune_by_magnitude
 
         zeros = prune_by_magnitude(model, settings.prune)
+    retrained = None
+    if zeros and settings.prune_retrain_steps:
+        from obliviate.training.sparsity import retrain_sparse
+
+        examples = forget_examples + (retain_examples if retain_examples is not None else
+                                      encode_probes(tokenizer, retain, settings.max_length, settings.loss_on))
+        retrained = retrain_sparse(model, examples, zeros, pad_id, steps=settings.prune_retrain_steps,
+                                   learning_rate=settings.prune_retrain_learning_rate,
+                                   batch_size=settings.batch_size, seed=settings.seed)
+        if method.needs_reference == "model":  # the reference loaded later must be this model, not the original
+            retrained_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     reference_model = None
     if method.needs_reference == "logprobs":
         attach_reference_log_probs(model, forget_examples, pad_id)
@@ -205,11 +231,14 @@ def train_with(method, model, tokenizer, forget: Sequence[Probe], retain: Sequen
     scope = apply_scope(model, settings, getattr(method, "default_train_layers", None))
     if method.needs_reference == "model":
         reference_model = scope.reference if scope.reference is not None else reference_loader()
-        if zeros:
+        if retrained is not None and reference_model is not scope.reference:
+            reference_model.load_state_dict(retrained_state)  # the retrained sparse model is the reference
+        elif zeros:
             from obliviate.training.sparsity import hold_zeros
 
             hold_zeros(reference_model, zeros)
-    held, selection = None, {"prune": settings.prune, "l1_weight": settings.l1_weight, "mask": settings.mask}
+    held, selection = None, {"prune": settings.prune, "l1_weight": settings.l1_weight, "mask": settings.mask,
+                             **(retrained or {})}
     if zeros or settings.mask != "none":
         from obliviate.training.sparsity import hold_weights
 
