@@ -94,7 +94,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+        with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
             # Our loop decodes batch_size rows at a time whatever their lengths (it prefills them in groups of
             # similar length); model.generate takes one padded batch, so its batches are cut by length too.
             batches = (_longest_first_chunks([len(ids) for ids in encoded], batch_size) if own_loop

@@ -106,7 +106,7 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
 
     def log_probs_of(indices: list[int]) -> list[float]:
         values: dict[int, float] = {}
-        with torch.inference_mode():
+        with torch.no_grad():
             # Batches of similar length (little padding), in the end returned in the order asked.
             for batch_indices in longest_first_batches([len(examples[i]["input_ids"]) for i in indices], batch_size):
                 chunk = [examples[indices[j]] for j in batch_indices]
