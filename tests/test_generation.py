@@ -57,6 +57,12 @@ def test_logit_changing_generation_configs_are_batched_by_transformers(tiny_mode
     prompts = [p.input for p in bundled_probes["utility"][:6]]
     batched = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=4)
     assert batched == generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=1)
+    # The token ids stop at a row's first end token (model.generate pads the rows that ended early).
+    from obliviate.audit.generation import generate_tokens
+
+    eos = tiny_tokenizer.eos_token_id
+    rows = generate_tokens(tiny_model, tiny_tokenizer, prompts, max_new_tokens=12, batch_size=4)
+    assert all(eos not in row[:-1] for row in rows)
 
 
 def test_rows_that_end_early_leave_the_batch(tiny_model, tiny_tokenizer, bundled_probes):

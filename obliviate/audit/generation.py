@@ -106,13 +106,24 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
                     input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id, side="left")
                     generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                                                generation_config=config)
-                    new_tokens = generated[:, input_ids.shape[1]:].tolist()
+                    new_tokens = [_through_first_end(tokens, config)
+                                  for tokens in generated[:, input_ids.shape[1]:].tolist()]
                 for i, tokens in zip(indices, new_tokens):
                     outputs[i] = list(tokens)
                 bar.update(len(indices))
     finally:
         model.train(was_training)
     return outputs
+
+
+def _through_first_end(tokens: list[int], config) -> list[int]:
+    """A row of ``model.generate``'s batch up to its first end token (included): what follows is padding."""
+    eos = config.eos_token_id
+    eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
+    for position, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:position + 1]
+    return tokens
 
 
 def _longest_first_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
