@@ -110,3 +110,25 @@ def test_prompts_of_different_lengths_are_prefilled_apart_and_decoded_together(t
     assert batched == sequential
     assert calls["prefill"] == 2
     assert calls["step"] <= 12 - 1  # one batch: at most max_new_tokens - 1 steps after the prefills
+
+
+def test_a_buffer_replaced_during_generation_does_not_stop_later_training(tiny_tokenizer, bundled_probes):
+    """Generation runs under inference_mode; a forward that registers a new buffer meanwhile (as dynamic RoPE
+    does past its cached length) must leave the model trainable afterwards."""
+    from tests.conftest import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    rotary = model.model.rotary_emb
+    original_forward = rotary.forward
+
+    def replacing_forward(*args, **kwargs):
+        rotary.register_buffer("inv_freq", rotary.inv_freq.clone(), persistent=False)
+        return original_forward(*args, **kwargs)
+
+    rotary.forward = replacing_forward
+    prompts = [p.input for p in bundled_probes["forget"][:3]]
+    for batch_size in (1, 3):
+        generate(model, tiny_tokenizer, prompts, max_new_tokens=4, batch_size=batch_size)
+        assert not any(buffer.is_inference() for buffer in model.buffers())
+        ids = tiny_tokenizer(prompts[0], return_tensors="pt").input_ids
+        model(input_ids=ids, labels=ids).loss.backward()  # an inference tensor saved for backward would raise

@@ -12,6 +12,7 @@ import functools
 from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+from obliviate.models.inference import normal_buffers
 from obliviate.progress import progress_bar
 
 
@@ -94,7 +95,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+        with torch.inference_mode(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
             # Our loop decodes batch_size rows at a time whatever their lengths (it prefills them in groups of
             # similar length); model.generate takes one padded batch, so its batches are cut by length too.
             batches = (_longest_first_chunks([len(ids) for ids in encoded], batch_size) if own_loop
@@ -113,6 +114,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
                 bar.update(len(indices))
     finally:
         model.train(was_training)
+        normal_buffers(model)
     return outputs
 
 

@@ -97,6 +97,7 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
     the values (``obliviate.distributed.shard_map``), so the reference model is never needed again."""
     import torch
 
+    from obliviate.models.inference import normal_buffers
     from obliviate.distributed import shard_map
     from obliviate.losses import sequence_log_probs
 
@@ -106,7 +107,7 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
 
     def log_probs_of(indices: list[int]) -> list[float]:
         values: dict[int, float] = {}
-        with torch.no_grad():
+        with torch.inference_mode():
             # Batches of similar length (little padding), in the end returned in the order asked.
             for batch_indices in longest_first_batches([len(examples[i]["input_ids"]) for i in indices], batch_size):
                 chunk = [examples[indices[j]] for j in batch_indices]
@@ -123,6 +124,7 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
     values = dict(zip(firsts, shard_map(log_probs_of, firsts)))
     for example in examples:
         example["reference_log_prob"] = values[distinct[(tuple(example["input_ids"]), tuple(example["labels"]))]]
+    normal_buffers(model)  # the model trains next
     model.train(was_training)
 
 
