@@ -118,10 +118,14 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     return outputs
 
 
+def _end_tokens(config) -> set[int]:
+    eos = config.eos_token_id
+    return set() if eos is None else set(eos if isinstance(eos, list) else [eos])
+
+
 def _through_first_end(tokens: list[int], config) -> list[int]:
     """A row of ``model.generate``'s batch up to its first end token (included): what follows is padding."""
-    eos = config.eos_token_id
-    eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
+    eos = _end_tokens(config)
     for position, token in enumerate(tokens):
         if token in eos:
             return tokens[:position + 1]
@@ -163,8 +167,7 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
 
     from obliviate.models.wrappers import cache_argument
 
-    eos = config.eos_token_id
-    eos = set() if eos is None else set(eos if isinstance(eos, list) else [eos])
+    eos = _end_tokens(config)
     cache_name = cache_argument()
     groups = list(longest_first_batches([len(ids) for ids in sequences], len(sequences)))
     prefilled = []  # per group: its cache, attention mask, last positions and last logits
@@ -177,7 +180,7 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
                        logits_to_keep=1, **{cache_name: cache}).logits[:, -1]
         prefilled.append((cache, attention_mask, positions[:, -1:], logits))
     order = [i for group in groups for i in group]  # batch row -> index into sequences
-    cache, mask = _joined(prefilled)
+    cache, mask = _joined([c for c, _, _, _ in prefilled], [m for _, m, _, _ in prefilled])
     positions = torch.cat([p for _, _, p, _ in prefilled])
     logits = torch.cat([l for _, _, _, l in prefilled])
     del prefilled
@@ -209,16 +212,14 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
                        use_cache=True, **{cache_name: cache}).logits[:, -1]
 
 
-def _joined(prefilled):
+def _joined(caches, masks):
     """One cache and attention mask from the prefilled groups' (rows stacked in group order), each group's
     columns right-aligned to the widest group's, the columns to their left masked out."""
     import torch
 
-    if len(prefilled) == 1:
-        cache, mask, _, _ = prefilled[0]
-        return cache, mask
-    width = max(mask.shape[1] for _, mask, _, _ in prefilled)
-    caches = [cache for cache, _, _, _ in prefilled]
+    if len(caches) == 1:
+        return caches[0], masks[0]
+    width = max(mask.shape[1] for mask in masks)
     joined = caches[0]
     for index, layer in enumerate(joined.layers):
         buffers = []
@@ -234,7 +235,7 @@ def _joined(prefilled):
                 start += t.shape[0]
             buffers.append(whole)
         layer.adopt(*buffers, width)
-    mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for _, m, _, _ in prefilled])
+    mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in masks])
     return joined, mask
 
 
