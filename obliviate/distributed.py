@@ -63,3 +63,28 @@ def shard_map(function: Callable[[list[T]], list[R]], items: Sequence[T]) -> lis
     with state.split_between_processes(list(items)) as shard:
         part = function(list(shard)) if shard else []
     return gather_object(part)
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def select_device(choice: str) -> str:
+    """Apply a command's ``--device``: ``auto`` (a GPU where torch sees one), ``cpu`` (hides every GPU from this
+    process, so models, training and evaluation all stay on the CPU) or ``cuda`` (refused where torch sees no
+    GPU). Returns the device everything will run on. Call it before anything initialises CUDA."""
+    import os
+
+    import torch
+
+    from obliviate.errors import InputError
+
+    if choice not in DEVICE_CHOICES:
+        raise InputError(f"expected one of {', '.join(DEVICE_CHOICES)}, got {choice!r}", field="device")
+    if choice == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return "cpu"
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        raise InputError("no CUDA device is visible to torch here (CPU build or no GPU); use --device auto or cpu",
+                         field="device")
+    return "cuda" if available else "cpu"

@@ -42,6 +42,27 @@ def test_target_and_oracle_are_fine_tuned_from_the_base(tiny_model_dir, tmp_path
     assert all("loaded from cache" in line for line in logged) and len(logged) == 2
 
 
+def test_lora_recipe_trains_adapters_and_saves_a_plain_model(tiny_model_dir, tmp_path):
+    from obliviate.models.loading import load_model
+
+    recipe = dataclasses.replace(TINY, lora_rank=4, replay_ratio=0.0, max_passes=1, first_check=1)
+    micro = build_micro_models(load_bundled(), recipe, cache_dir=tmp_path / "cache", log=lambda m: None,
+                               base=tiny_model_dir, roles=("target",))
+    record = micro.records["target"]
+    base = load_model(tiny_model_dir, device="cpu").model
+    total = sum(p.numel() for p in base.parameters())
+    # Only the adapters trained (a small share), then merged: a plain model of the base's shape, saved so.
+    assert 0 < record["trained_parameters"] < total / 10
+    saved = load_model(micro.paths["target"], device="cpu").model
+    assert type(saved) is type(base) and sum(p.numel() for p in saved.parameters()) == total
+    changed = {name for name, tensor in saved.state_dict().items()
+               if not (tensor == base.state_dict()[name]).all()}
+    # The adapted projections moved; embeddings and norms, which LoRA does not touch, did not.
+    assert changed and all(name.endswith("_proj.weight") for name in changed)
+    with pytest.raises(Exception, match="lora_rank"):
+        FineTuneRecipe(lora_rank=-1)
+
+
 def test_replay_leaves_out_the_benchmark_documents(tiny_model_dir):
     from obliviate.models.base import load_corpus
     from obliviate.studies.targets import replay_texts

@@ -41,7 +41,8 @@ def add_benchmark_options(parser: argparse.ArgumentParser, default: str, fractio
 
     parser.add_argument("--benchmark", default=default, choices=bundled_names(),
                         help=f"the bundled benchmark (standard: the proof ground, 360 documents; micro: 81, for a "
-                             f"quick look), or the kind --data is sampled like: its sizes and its bundled base "
+                             f"quick look; realistic: micro's documents on a real pretrained model, SmolLM2-135M "
+                             f"unless --base), or the kind --data is sampled like: its sizes and its bundled base "
                              f"(default {default})")
     parser.add_argument("--sizes", metavar="KEY=N,...", type=parse_sizes,
                         help="documents per task sampled from --data, overriding the benchmark's: forget, retain, "

