@@ -48,3 +48,27 @@ def test_batched_equals_sequential_on_smollm(smollm_dir, bundled_probes):
     prompts = [p.input for p in bundled_probes["forget"][:8]]
     batched = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=24, batch_size=8)
     assert batched == generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=24, batch_size=1)
+
+
+def test_realistic_tier_on_smollm_runs_and_its_cache_survives(tiny_lume_dir, tmp_path, capsys):
+    """`obliviate demo --benchmark realistic` on SmolLM2 (the package's GGUF as the default base) at a tiny
+    budget: LoRA target and oracle, one unlearning run, the table and the wall time; a second run loads both
+    models and the dequantised base from the cache and trains nothing."""
+    from obliviate.cli import main
+
+    cache = tmp_path / "cache"
+    command = ["demo", "--benchmark", "realistic", "--data", str(tiny_lume_dir), "--sizes",
+               "forget=1,nonmember=1,retain=1,utility=1,heldout=1", "--validation-fraction", "0", "--max-passes", "1",
+               "--method", "NPO", "max_steps=1", "batch_size=2", "--seeds", "0", "--max-new-tokens", "4",
+               "--cache-dir", str(cache)]
+    assert main(command + ["--out", str(tmp_path / "first")]) == 0
+    first = capsys.readouterr()
+    result = json.loads((tmp_path / "first" / "results.json").read_text())
+    assert [row["name"] for row in result["rows"]] == ["target", "oracle", "NPO"] and result["wall_seconds"] > 0
+    assert "wall time:" in first.out and first.err.count(": trained in") == 2
+    target = json.loads(next((cache / "micro").glob("target-*/memorisation.json")).read_text())
+    assert target["recipe"]["lora_rank"] > 0 and 0 < target["trained_parameters"] < target["parameters"] / 10
+    assert len(list((cache / "bases").iterdir())) == 1  # the GGUF dequantised once, as safetensors
+    assert main(command + ["--out", str(tmp_path / "second")]) == 0
+    second = capsys.readouterr().err
+    assert second.count("loaded from cache") == 2 and ": trained in" not in second

@@ -46,6 +46,7 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     (its sizes, unless ``sizes``, and its bundled base). ``validation_fraction``: the share held out for
     validation (default the benchmark's; 0 reports on every document, for data nothing was chosen on)."""
     import dataclasses
+    import time
 
     from obliviate.audit.evaluate import EvaluationData, apply_gate, evaluate, summary_row
     from obliviate.audit.likelihood import document_losses
@@ -57,6 +58,7 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     from obliviate.training.unlearn import unlearn
     from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
 
+    started = time.time()
     if out is not None:
         check_output_dir(out, overwrite)
     plans = {entry: method_entry(entry) for entry in methods}  # validate every method before any training
@@ -153,10 +155,14 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     print(table, file=sys.stdout, flush=True)
     notes = aim_lines(aims) if aims else []
     notes += standard_error_lines(rows)
+    wall_seconds = time.time() - started
+    notes.append(f"wall time: {wall_seconds:.0f} s ({wall_seconds / 60:.1f} min) for the whole run, cached "
+                 f"models and resumed runs included")
     for line in notes:
         print(line, file=sys.stdout, flush=True)
     if out is not None:
-        _write_outputs(Path(out), overwrite, rows, runs, evaluations, benchmark, command, notes, aims)
+        _write_outputs(Path(out), overwrite, rows, runs, evaluations, benchmark, command, notes, aims,
+                       wall_seconds)
         from obliviate.training.resume import finish
 
         finish(out)
@@ -278,13 +284,14 @@ def aim_lines(aims: dict) -> list[str]:
     return lines
 
 
-def _write_outputs(out: Path, overwrite: bool, rows, runs, evaluations, benchmark, command, notes, aims) -> None:
+def _write_outputs(out: Path, overwrite: bool, rows, runs, evaluations, benchmark, command, notes, aims,
+                   wall_seconds: float) -> None:
     from obliviate.report.html import demo_html
     from obliviate.report.markdown import demo_report, plot_scores
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         write_json_atomic(tmp / "results.json", {"command": command, "benchmark": benchmark.source, "rows": rows,
-                                                 "runs": runs, "aims": aims})
+                                                 "runs": runs, "aims": aims, "wall_seconds": wall_seconds})
         for name, value in evaluations.items():
             write_json_atomic(tmp / "evaluations" / f"{name}.json", value)
         benchmark.write(tmp / "benchmark")
