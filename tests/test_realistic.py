@@ -82,3 +82,17 @@ def test_bf16_fine_tuning_is_its_own_cache_entry_and_trains(tiny_model_dir, tmp_
     assert next(mixed.target.parameters()).dtype == torch.float32
     assert any(not (a == b).all() for a, b in zip(plain.target.state_dict().values(),
                                                    mixed.target.state_dict().values()))
+
+
+@pytest.mark.parametrize("kind", ["micro", "standard"])
+def test_new_recipe_fields_keep_the_shipped_models_keys(kind):
+    """lora_rank and bf16 came after the prebuilt models: at their defaults the cache keys are unchanged, so the
+    demo still finds the shipped target and oracle instead of fine-tuning them again."""
+    from obliviate.models.base import bundled_base_dir
+    from obliviate.studies.targets import _cache_key, base_fingerprint, fine_tune_recipe, prebuilt_dir
+
+    benchmark = load_bundled(kind)
+    base_key = base_fingerprint(bundled_base_dir(kind))
+    shipped = {p.name for p in prebuilt_dir().iterdir() if p.is_dir()}
+    for role in ("target", "oracle"):
+        assert f"{role}-{_cache_key(benchmark, fine_tune_recipe(kind), role, base_key)}" in shipped

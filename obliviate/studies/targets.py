@@ -379,8 +379,14 @@ def benchmark_from(data: str | Path | None, base: str | Path | None = None, name
     return benchmark
 
 
+# Recipe fields added after models were shipped and cached: at these values they change nothing, and they are left
+# out of the key so that the prebuilt and cached models keep their keys.
+LATER_FIELDS = {"lora_rank": 0, "bf16": False}
+
+
 def _cache_key(benchmark: Benchmark, recipe, role: str, base_key: str | None) -> str:
-    return sha256_json({"benchmark": benchmark.fingerprint(), "recipe": asdict(recipe), "role": role,
+    fields = {k: v for k, v in asdict(recipe).items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+    return sha256_json({"benchmark": benchmark.fingerprint(), "recipe": fields, "role": role,
                         "version": RECIPE_VERSION, "base": base_key})[:16]
 
 
