@@ -46,3 +46,25 @@ def document_losses(model, tokenizer, texts: Sequence[str], *, batch_size: int =
     finally:
         model.train(was_training)
     return losses
+
+
+def labelled_log_probs(model, tokenizer, encoded: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], *,
+                       batch_size: int = 16) -> list[float]:
+    """Mean log-probability per labelled token of each row (``labels``: the row's ids, IGNORE_INDEX where no
+    token is scored), batched, in input order."""
+    import torch
+
+    from obliviate.losses import IGNORE_INDEX, sequence_log_probs
+
+    values = [0.0] * len(encoded)
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+            label_ids, _ = pad_sequences([labels[i] for i in indices], IGNORE_INDEX)
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            totals, counts = sequence_log_probs(logits, label_ids.to(device))
+            for i, total, n in zip(indices, totals.tolist(), counts.tolist()):
+                values[i] = total / max(n, 1)
+    return values

@@ -30,7 +30,6 @@ import statistics
 from collections import defaultdict
 from typing import Sequence
 
-from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.data.records import Probe, ProbeKind
 
 TOFU_CODE = "TOFU (Maini et al. 2024) reference code"
@@ -105,27 +104,14 @@ def answer_labels(tokenizer, question: str, answer: str) -> tuple[list[int], lis
 
 def answer_log_probs(model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16) -> list[float]:
     """Mean log-probability of each answer's tokens and its end-of-answer token, after its question."""
-    import torch
-
-    from obliviate.losses import IGNORE_INDEX, sequence_log_probs
+    from obliviate.audit.likelihood import labelled_log_probs
 
     encoded, labels = [], []
     for question, answer in pairs:
         ids, answer_only = answer_labels(tokenizer, question, answer)
         encoded.append(ids)
         labels.append(answer_only)
-    values = [0.0] * len(pairs)
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
-            label_ids, _ = pad_sequences([labels[i] for i in indices], IGNORE_INDEX)
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            totals, counts = sequence_log_probs(logits, label_ids.to(device))
-            for i, total, n in zip(indices, totals.tolist(), counts.tolist()):
-                values[i] = total / max(n, 1)
-    return values
+    return labelled_log_probs(model, tokenizer, encoded, labels, batch_size=batch_size)
 
 
 def truth_ratio(correct_log_prob: float, perturbed_log_probs: Sequence[float]) -> float:

@@ -118,10 +118,8 @@ def document_rows(texts: Sequence[str], prefix: str):
 
 def answer_log_probs(model, tokenizer, probes: Sequence[TopicProbe], batch_size: int = 16) -> list[float]:
     """Mean log-probability per token of each probe's first answer (after a space) following its prompt."""
-    import torch
-
-    from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
-    from obliviate.losses import IGNORE_INDEX, sequence_log_probs
+    from obliviate.audit.likelihood import labelled_log_probs
+    from obliviate.losses import IGNORE_INDEX
 
     encoded, labels = [], []
     for probe in probes:
@@ -132,18 +130,7 @@ def answer_log_probs(model, tokenizer, probes: Sequence[TopicProbe], batch_size:
             shared += 1
         encoded.append(ids)
         labels.append([IGNORE_INDEX] * shared + ids[shared:])
-    values = [0.0] * len(probes)
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-            input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
-            label_ids, _ = pad_sequences([labels[i] for i in indices], IGNORE_INDEX)
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            totals, counts = sequence_log_probs(logits, label_ids.to(device))
-            for i, total, n in zip(indices, totals.tolist(), counts.tolist()):
-                values[i] = total / max(n, 1)
-    return values
+    return labelled_log_probs(model, tokenizer, encoded, labels, batch_size=batch_size)
 
 
 def familiarity(model, tokenizer, probes: Sequence[TopicProbe], *, max_new_tokens: int = 24,
