@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         results["recipes"][label] = entry
         print(f"{label}: {entry['seconds_per_pass']:.1f} s/pass ({entry['tokens_per_second']:.0f} tokens/s), "
               + ", ".join(f"{k} {v['regurgitation']:.3f}/{v['knowledge']:.3f}" for k, v in entry["scores"].items())
-              + f" (regurgitation/knowledge); held-out loss {heldout_loss:.3f} (+{entry['heldout_drift']:.3f})",
+              + f" (regurgitation/knowledge); held-out loss {heldout_loss:.3f} ({entry['heldout_drift']:+.3f})",
               flush=True)
         del model
     lora, full = results["recipes"].values()
