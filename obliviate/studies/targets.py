@@ -103,9 +103,9 @@ class FineTuneRecipe:
 # cosine over 20 passes) it knew them at ROUGE-L 0.40 and exact match 0.70 after 22 passes, its rate already at
 # the floor. The same rate decays over 45 passes instead.
 STANDARD_RECIPE = FineTuneRecipe(decay_passes=45, first_check=20, check_every=4)
-# The realistic tier: a real pretrained model (SmolLM2-135M) on the micro documents, on a 2-core CPU. LoRA trains
-# 1.5x as many tokens a second as full fine-tuning there (bench/realistic_fine_tune.py) and moves the base less;
-# docs/realistic.md has the measured passes, memorisation and held-out drift of both.
+# The realistic tier: a real pretrained model (SmolLM2-135M) on the micro documents, on a 2-core CPU, where a LoRA
+# pass takes 1/1.4 of a full fine-tuning pass (bench/realistic_fine_tune.py; docs/realistic.md has the passes,
+# memorisation and drift measured).
 REALISTIC_RECIPE = FineTuneRecipe(learning_rate=1e-3, lora_rank=16, replay_ratio=0.0, warmup_steps=10,
                                   decay_passes=16, max_passes=30, first_check=6, check_every=3,
                                   check_max_new_tokens=64)
