@@ -37,13 +37,19 @@ AIM_ORACLE_AUC = (0.4, 0.6)
 KIND_OPTIONS = {"realistic": {"*": {"max_length": "256"}, "AntiExpert": {"lora": "true", "max_steps": "100"}}}
 
 
-def with_kind_options(entry: str, kind: str) -> str:
-    """``entry`` (``NAME key=value ...``) with the benchmark kind's options it does not set."""
-    options = KIND_OPTIONS.get(kind, {})
+def with_options(entry: str, options: dict[str, str]) -> str:
+    """``entry`` (``NAME key=value ...``, or the old ``NAME:key=value``) with each of ``options`` it does not
+    set."""
     name, *given = entry.split() if " " in entry.strip() else entry.split(":")
-    added = {**options.get("*", {}), **options.get(name, {})}
-    extra = [f"{key}={value}" for key, value in added.items() if not any(g.startswith(f"{key}=") for g in given)]
+    extra = [f"{key}={value}" for key, value in options.items() if not any(g.startswith(f"{key}=") for g in given)]
     return " ".join([name, *given, *extra])
+
+
+def with_kind_options(entry: str, kind: str) -> str:
+    """``entry`` with the benchmark kind's options (:data:`KIND_OPTIONS`) it does not set."""
+    options = KIND_OPTIONS.get(kind, {})
+    name = entry.split()[0] if " " in entry.strip() else entry.split(":")[0]
+    return with_options(entry, {**options.get("*", {}), **options.get(name, {})})
 
 
 def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,

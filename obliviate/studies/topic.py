@@ -94,25 +94,15 @@ def load_topic(name: str, *, needs_forget_text: bool = False) -> Topic:
                  anchors=anchors, path=path)
 
 
-def forget_rows(topic: Topic):
-    """The forget text as LUME sentence-completion rows (one per paragraph; the loss covers every token)."""
-    from obliviate.data.records import Probe
-
-    rows = []
-    for index, paragraph in enumerate(topic.forget_text):
-        first, _, rest = paragraph.strip().partition(" ")
-        rows.append(Probe(id=f"topic-{index:03d}sc1", task="Topic", input=first, output=rest, split="forget"))
-    return rows
-
-
-def document_rows(texts: Sequence[str], prefix: str):
-    """Plain documents as sentence-completion rows, for a retain set."""
+def document_rows(texts: Sequence[str], prefix: str, task: str, split: str):
+    """Plain documents (the forget text's paragraphs, generic retain documents) as LUME sentence-completion
+    rows, one per text, the loss on every token."""
     from obliviate.data.records import Probe
 
     rows = []
     for index, text in enumerate(texts):
         first, _, rest = text.strip().partition(" ")
-        rows.append(Probe(id=f"{prefix}-{index:03d}sc1", task="Retain", input=first, output=rest, split="retain"))
+        rows.append(Probe(id=f"{prefix}-{index:03d}sc1", task=task, input=first, output=rest, split=split))
     return rows
 
 
@@ -169,10 +159,11 @@ class TopicSettings:
 
 def with_study_defaults(entry: str, settings: TopicSettings) -> str:
     """``entry`` with the study's ``max_steps`` and ``max_length`` added where it does not set them."""
-    extra = [f"{key}={value}" for key, value in (("max_steps", settings.max_steps),
-                                                 ("max_length", settings.max_length))
-             if value is not None and f"{key}=" not in entry]
-    return " ".join([entry.replace(":", " ") if " " not in entry.strip() else entry, *extra]).strip()
+    from obliviate.studies.demo import with_options
+
+    return with_options(entry, {key: str(value) for key, value in (("max_steps", settings.max_steps),
+                                                                   ("max_length", settings.max_length))
+                                if value is not None})
 
 
 def measure(model, tokenizer, topics: dict[str, Topic], heldout: Sequence[str], max_new_tokens: int) -> dict:
@@ -225,7 +216,8 @@ def run_topic(settings: TopicSettings, *, out: str | Path | None = None, overwri
             plans[entry] = dataclasses.replace(run_plan, method_config=dataclasses.replace(
                 run_plan.method_config, anchors=str(anchors_file)))
     retain_texts, heldout = generic_texts(settings.retain_count, settings.heldout_count)
-    forget, retain = forget_rows(topics["topic"]), document_rows(retain_texts, "generic")
+    forget = document_rows(topics["topic"].forget_text, "topic", "Topic", "forget")
+    retain = document_rows(retain_texts, "generic", "Retain", "retain")
     loaded = load_model(settings.model, device=None)
     tokenizer = loaded.tokenizer
     before = measure(loaded.model, tokenizer, topics, heldout, settings.max_new_tokens)
