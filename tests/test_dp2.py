@@ -242,16 +242,20 @@ def test_dp2_compare_end_to_end_on_a_tiny_base(tmp_path, tiny_model_dir, monkeyp
     results = json.loads((out / "results.json").read_text())
     names = [row["name"] for row in results["rows"]]
     assert names[:2] == ["target", "oracle (retrained here)"] and names[2].startswith("DP model (eps ")
-    assert names[3:] == ["DP2U", "GradAscent max_steps=1"]
+    assert names[3:] == ["served (DP model + all data)", "DP2U", "GradAscent max_steps=1"]
     rows = {row["name"]: row for row in results["rows"]}
-    for name in ("oracle (retrained here)", "DP2U"):  # both timed here, one pass each under the tiny recipe
+    served = "served (DP model + all data)"
+    for name in ("oracle (retrained here)", served, "DP2U"):  # timed here, one pass each under the tiny recipe
         assert rows[name]["passes"] == 1 and rows[name]["steps"] >= 1 and rows[name]["wall_seconds"] > 0
     assert all(0.0 <= rows[name]["final_score"] <= 1.0 for name in names)
     dp = results["dp_model"]
     assert dp["dp"]["epsilon"] == 8 and 0 < dp["epsilon_spent"] <= 8 * 1.02 and dp["privacy_unit"] == "document"
-    # The notes: the cost ratio, then the group guarantee for every forgotten document together.
-    cost, group = results["notes"]
+    # The notes: the cost ratio, the served model, then the group guarantee for every forgotten document together.
+    cost, serving, group = results["notes"]
     assert cost.startswith("DP2U's fine-tuning took ") and "x the wall time of retraining" in cost
+    # The served model reads the forget documents too: at least as many steps a pass as DP2U.
+    assert serving.startswith("The served model ") and f"took {int(rows[served]['steps'])} steps" in serving
+    assert rows[served]["steps"] >= rows["DP2U"]["steps"]
     forgotten = int(group.split()[1])
     expected = group_guarantee(dp["epsilon_spent"], 1e-3, forgotten)
     assert forgotten >= 2 and f"epsilon {expected['epsilon']:.2f}" in group and "group privacy" in group

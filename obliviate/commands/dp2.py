@@ -55,7 +55,9 @@ def add_parser(commands) -> None:
 
     unlearn = actions.add_parser("unlearn", help="serve a request: fine-tune the DP model on the documents to keep",
                                  description="Fine-tune a `dp2 base` model on --retain only (the forget documents are "
-                                             "never read); writes OUT/model and OUT/dp2.json.")
+                                             "never read); writes OUT/model and OUT/dp2.json. With every training "
+                                             "document as --retain it builds the paper's served model, the one "
+                                             "users get before any request.")
     unlearn.add_argument("--model", metavar="DIR", required=True, help="a `obliviate dp2 base` output directory")
     unlearn.add_argument("--retain", metavar="FILE", nargs="+", required=True,
                          help="files of the documents to keep (see dp2 base --train; each is checked for "
