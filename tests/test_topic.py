@@ -20,6 +20,22 @@ def test_bundled_topics_load_and_share_no_answers():
     assert all(any(a.lower() in text for a in p.answers) for p in topics["harry-potter"].probes)
 
 
+def test_generic_texts_keep_wikipedia_out_of_the_retain_set():
+    """The held-out loss reads Simple English Wikipedia articles; the retain set is LUME task text: two kinds, so
+    a retain term that lowers the held-out loss has kept general text, not memorised its own kind."""
+    from obliviate.models.base import load_corpus
+    from obliviate.studies.topic import generic_texts
+
+    task = {t.text: t.task for t in load_corpus()}
+    retain, heldout = generic_texts(32, 24)
+    assert len(retain) == 32 and len(heldout) == 24 and not set(retain) & set(heldout)
+    assert all(task[t] == "wikipedia" for t in heldout) and all(task[t] != "wikipedia" for t in retain)
+    assert generic_texts(32, 24) == (retain, heldout)  # a seeded choice
+    with pytest.raises(InputError, match="asked for 1000") as error:
+        generic_texts(32, 1000)  # the corpus has 150 articles
+    assert error.value.field == "heldout_count"
+
+
 @pytest.mark.parametrize("content, field", [
     ('{"probes": []}', "probes"),
     ('{"probes": [{"prompt": "x"}]}', "probes[0].answers"),

@@ -13,8 +13,8 @@ measured on three probe sets (the topic, a control topic it must keep, an invent
 * **answer log-probability**: the mean per-token log-probability of the first accepted answer (with a leading
   space) after the prompt; continuous where familiarity counts hits.
 
-and on general text: the mean token loss of ``heldout`` documents (nats/token, lower is better; ideal: the
-model's own). Every method unlearns the forget text (one row per paragraph, loss on every token) with
+and on general text: the mean token loss of ``heldout`` documents (Simple English Wikipedia articles, a kind of
+text the retain set does not hold; nats/token, lower is better; ideal: the model's own). Every method unlearns the forget text (one row per paragraph, loss on every token) with
 ``retain`` documents as its retain set, from a fresh copy of the model, once per seed.
 """
 
@@ -146,8 +146,8 @@ class TopicSettings:
     unknown: str = "invented"
     methods: Sequence[str] = ("WHP", "GradDiff", "NPO")
     seeds: Sequence[int] = (0, 1)
-    retain_count: int = 32  # generic documents (the bundled corpus) as every method's retain set
-    heldout_count: int = 24  # other generic documents: the general-text loss
+    retain_count: int = 32  # LUME task texts of the bundled corpus as every method's retain set
+    heldout_count: int = 24  # Simple English Wikipedia articles of the bundled corpus: the general-text loss
     max_new_tokens: int = 24
     # Every method's steps and row length unless its entry sets them: a 135M model trains about 110 tokens a
     # second on 2 CPU cores, so the methods' defaults (tuned on the micro benchmark's 6M-parameter model, up to 120
@@ -176,17 +176,23 @@ def measure(model, tokenizer, topics: dict[str, Topic], heldout: Sequence[str], 
 
 
 def generic_texts(retain_count: int, heldout_count: int) -> tuple[list[str], list[str]]:
-    """Disjoint retain and held-out documents from the bundled corpus (seeded choice)."""
+    """Retain and held-out documents from the bundled corpus (seeded choices), of different kinds: the retain
+    set from its LUME task texts, the held-out set from its Simple English Wikipedia articles, so that the
+    held-out loss reads general text the retain term never trains on."""
     import random
 
     from obliviate.models.base import load_corpus
 
-    texts = sorted({t.text for t in load_corpus()})
-    random.Random("topic").shuffle(texts)
-    if len(texts) < retain_count + heldout_count:
-        raise InputError(f"the corpus has {len(texts)} texts; asked for {retain_count + heldout_count}",
-                         field="retain_count")
-    return texts[:retain_count], texts[retain_count:retain_count + heldout_count]
+    corpus = load_corpus()
+    chosen = []
+    for name, count, keep in (("retain_count", retain_count, lambda task: task != "wikipedia"),
+                              ("heldout_count", heldout_count, lambda task: task == "wikipedia")):
+        texts = sorted({t.text for t in corpus if keep(t.task)})
+        random.Random("topic").shuffle(texts)
+        if len(texts) < count:
+            raise InputError(f"the corpus has {len(texts)} such texts; asked for {count}", field=name)
+        chosen.append(texts[:count])
+    return chosen[0], chosen[1]
 
 
 def run_topic(settings: TopicSettings, *, out: str | Path | None = None, overwrite: bool = False,
