@@ -14,8 +14,9 @@ measured on three probe sets (the topic, a control topic it must keep, an invent
   space) after the prompt; continuous where familiarity counts hits.
 
 and on general text: the mean token loss of ``heldout`` documents (Simple English Wikipedia articles, a kind of
-text the retain set does not hold; nats/token, lower is better; ideal: the model's own). Every method unlearns the forget text (one row per paragraph, loss on every token) with
-``retain`` documents as its retain set, from a fresh copy of the model, once per seed.
+text the retain set does not hold; nats/token, lower is better; ideal: the model's own). Every method unlearns
+the forget text (one row per paragraph, loss on every token) with ``retain`` documents as its retain set, from a
+fresh copy of the model, once per seed.
 """
 
 from __future__ import annotations
