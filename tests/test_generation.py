@@ -132,3 +132,41 @@ def test_a_buffer_replaced_during_generation_does_not_stop_later_training(tiny_t
         assert not any(buffer.is_inference() for buffer in model.buffers())
         ids = tiny_tokenizer(prompts[0], return_tensors="pt").input_ids
         model(input_ids=ids, labels=ids).loss.backward()  # an inference tensor saved for backward would raise
+
+
+def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_probes):
+    """A draft is checked in one pass and decoding goes on where the model leaves it: whatever the drafts (the
+    model's own continuations, a perturbed copy's, wrong tokens, cut short, missing), the result is the greedy
+    continuation, and the model's own drafts need no decoding step at all."""
+    import copy
+
+    from obliviate.audit.generation import generate_tokens, official_decode
+
+    probes = bundled_probes["forget"][:6] + bundled_probes["utility"][:4]
+    prompts = [p.input for p in probes]
+    expected = generate_tokens(tiny_model, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4)
+    official = generate(tiny_model, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=1)
+    assert [official_decode(tiny_tokenizer, tokens) for tokens in expected] == official
+    perturbed = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for parameter in perturbed.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02, alpha=1.0)
+    theirs = generate_tokens(perturbed, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4)
+    wrong = [[(t + 1) % tiny_tokenizer.vocab_size for t in tokens] for tokens in expected]
+    steps = {"count": 0}
+
+    def count(module, args, kwargs):
+        steps["count"] += kwargs["input_ids"].shape[1] == 1
+
+    for drafts in (expected, theirs, wrong, [tokens[:3] for tokens in expected],
+                   [None if i % 2 else tokens for i, tokens in enumerate(theirs)]):
+        steps["count"] = 0
+        handle = tiny_model.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            assert generate_tokens(tiny_model, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4,
+                                   drafts=drafts) == expected
+        finally:
+            handle.remove()
+        if drafts is expected:
+            assert steps["count"] == 0
+    assert theirs != expected  # the perturbed copy really departs from the model somewhere

@@ -2,7 +2,6 @@
 directory, on the bundled micro model; and the README stays a front door (short, every figure with its command)."""
 
 import json
-import re
 import shlex
 from pathlib import Path
 

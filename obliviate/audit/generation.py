@@ -74,13 +74,21 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 
 def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 16,
-                    desc: str | None = "generating") -> list[list[int]]:
+                    desc: str | None = "generating",
+                    drafts: Sequence[Sequence[int] | None] | None = None) -> list[list[int]]:
     """The new token ids of greedy continuations of ``prompts``, in order (an end token included).
 
     ``batch_size=1`` calls ``model.generate`` on each prompt: the official loop. Larger batches use
     :func:`_greedy_batch`, which decodes a batch with a KV cache that grows in place and drops rows as they end,
     so a batch costs what its live rows cost. Models whose generation config changes the logits (e.g. a
     repetition penalty), or whose cache is not a plain full-attention one, are batched with ``model.generate``.
+
+    ``drafts``: per prompt, a continuation this model is likely to generate (None: no guess), such as the
+    greedy output of the model it was copied from. With the batched loop, each draft is checked in one forward
+    pass over prompt and draft (:func:`_accepted_drafts`, speculative decoding with a draft known in advance);
+    the tokens up to the first where the model's own greedy choice differs are kept, with its own choice there,
+    and only the rows that have not ended are decoded on from that point. The result is the greedy
+    continuation either way; a draft only saves decoding steps.
     """
     import torch
 
@@ -96,13 +104,32 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     model.eval()
     try:
         with torch.inference_mode(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+            todo = list(range(len(prompts)))
+            limits = [config.max_new_tokens] * len(prompts)
+            if own_loop and drafts is not None:
+                checked = [i for i in todo if drafts[i]]
+                accepted = _accepted_drafts(model, [encoded[i] for i in checked],
+                                            [list(drafts[i])[:config.max_new_tokens] for i in checked],
+                                            pad_id, config, device, batch_size)
+                finished = set()
+                for i, (tokens, ended) in zip(checked, accepted):
+                    outputs[i] = tokens
+                    if ended:
+                        finished.add(i)
+                    else:  # decoded on from the first token where the model left its draft
+                        encoded[i] = encoded[i] + tokens
+                        limits[i] -= len(tokens)
+                bar.update(len(finished))
+                todo = [i for i in todo if i not in finished]
             # Our loop decodes batch_size rows at a time whatever their lengths (it prefills them in groups of
             # similar length); model.generate takes one padded batch, so its batches are cut by length too.
-            batches = (_longest_first_chunks([len(ids) for ids in encoded], batch_size) if own_loop
-                       else longest_first_batches([len(ids) for ids in encoded], batch_size))
+            lengths = [len(encoded[i]) for i in todo]
+            batches = ([[todo[j] for j in chunk] for chunk in (_longest_first_chunks(lengths, batch_size) if own_loop
+                        else longest_first_batches(lengths, batch_size))])
             for indices in batches:
                 if own_loop:
-                    new_tokens = _greedy_batch(model, [encoded[i] for i in indices], pad_id, config, device)
+                    new_tokens = _greedy_batch(model, [encoded[i] for i in indices], pad_id, config, device,
+                                               limits=[limits[i] for i in indices])
                 else:
                     input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id, side="left")
                     generated = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -110,7 +137,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
                     new_tokens = [_through_first_end(tokens, config)
                                   for tokens in generated[:, input_ids.shape[1]:].tolist()]
                 for i, tokens in zip(indices, new_tokens):
-                    outputs[i] = list(tokens)
+                    outputs[i] = outputs[i] + list(tokens)
                 bar.update(len(indices))
     finally:
         model.train(was_training)
@@ -152,10 +179,12 @@ def _plain_cache(model) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config, device) -> list[list[int]]:
+def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config, device,
+                  limits: Sequence[int] | None = None) -> list[list[int]]:
     """Greedy decoding of ``sequences`` (token ids) together, with a KV cache; each row ends at an end token
-    (included, as ``model.generate`` includes it) or at ``max_new_tokens``. Every row sees exactly what it would
-    see alone: left padding is masked out, and positions count its real tokens only.
+    (included, as ``model.generate`` includes it) or at its limit (``limits``, default ``max_new_tokens``).
+    Every row sees exactly what it would see alone: left padding is masked out, and positions count its real
+    tokens only.
 
     The prompts are prefilled in groups of similar length (:func:`longest_first_batches`: a question is not
     padded to a document's length), and the groups' caches are then joined, right-aligned, into one batch that
@@ -168,6 +197,7 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
     from obliviate.models.wrappers import cache_argument
 
     eos = _end_tokens(config)
+    limits = list(limits) if limits is not None else [config.max_new_tokens] * len(sequences)
     cache_name = cache_argument()
     groups = list(longest_first_batches([len(ids) for ids in sequences], len(sequences)))
     prefilled = []  # per group: its cache, attention mask, last positions and last logits
@@ -194,7 +224,7 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
             if original is None:
                 continue
             new_tokens[original].append(token)
-            if token in eos or len(new_tokens[original]) == config.max_new_tokens:
+            if token in eos or len(new_tokens[original]) >= limits[original]:
                 rows[row] = None
             else:
                 live.append(row)
@@ -210,6 +240,39 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
         positions = positions + 1
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                        use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+
+def _accepted_drafts(model, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]], pad_id: int,
+                     config, device, batch_size: int) -> list[tuple[list[int], bool]]:
+    """Per sequence, ``(tokens, ended)``: its draft checked against the model's own greedy choices in one
+    forward pass over sequence and draft (right padding; batches of similar length). ``tokens`` is the draft up
+    to the first position where the model's argmax differs, followed by that argmax (or by the argmax after
+    the whole draft), cut at an end token or at ``max_new_tokens``; ``ended`` says whether it stops there."""
+    eos = _end_tokens(config)
+    joined = [list(s) + list(d) for s, d in zip(sequences, drafts)]
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    results: list[tuple[list[int], bool]] = [([], False)] * len(sequences)
+    for batch in longest_first_batches([len(ids) for ids in joined], batch_size):
+        # at most about 2**27 logits at once (512 MB in float32): a large vocabulary takes fewer rows a pass
+        rows = max(1, min(len(batch), 2 ** 27 // (vocabulary * max(len(joined[i]) for i in batch))))
+        for start in range(0, len(batch), rows):
+            part = batch[start:start + rows]
+            input_ids, attention_mask = pad_sequences([joined[i] for i in part], pad_id, side="right")
+            predicted = model(input_ids=input_ids.to(device),
+                              attention_mask=attention_mask.to(device)).logits.argmax(dim=-1).tolist()
+            for row, i in enumerate(part):
+                first, draft = len(sequences[i]) - 1, drafts[i]
+                tokens, ended = [], False
+                for position in range(len(draft) + 1):
+                    token = predicted[row][first + position]
+                    tokens.append(token)
+                    if token in eos or len(tokens) >= config.max_new_tokens:
+                        ended = True
+                        break
+                    if position == len(draft) or token != draft[position]:
+                        break
+                results[i] = (tokens, ended)
+    return results
 
 
 def _joined(caches, masks):

@@ -195,24 +195,35 @@ def _document_groups(data) -> dict[str, list[Document]]:
     return {"forget": data.members, "retain": documents_from_probes(data.retain), "nonmember": data.nonmembers}
 
 
-def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int) -> list[str]:
+def _generate(model, tokenizer, prompts: Sequence[str], settings: AuditSettings, max_new_tokens: int,
+              draft_from=None) -> list[str]:
     """Greedy continuations, each prompt generated once per audit and model: a continuation generated with
-    more new tokens (or that ended before its limit) answers a request for fewer, as its first tokens."""
+    more new tokens (or that ended before its limit) answers a request for fewer, as its first tokens.
+
+    ``draft_from``: the audited model a copy (relearned, quantised) was made from; its continuations of the
+    same prompts, where this audit has them, are the copy's drafts (``generate_tokens``), so that the copy only
+    decodes where it departs from them."""
     from obliviate.audit.generation import generate_tokens, official_decode
 
-    if _shared is None or id(model) not in _shared.model_ids:
-        done: dict[str, tuple[int, list[int]]] = {}
-    else:
-        done = _shared.results.setdefault((id(model), "generations"), {})
+    def generations(which) -> dict[str, tuple[int, list[int]]]:
+        if _shared is None or id(which) not in _shared.model_ids:
+            return {}
+        return _shared.results.setdefault((id(which), "generations"), {})
 
-    def enough(prompt: str) -> bool:
-        limit, tokens = done.get(prompt, (0, []))
+    def enough(known: dict, prompt: str) -> bool:
+        limit, tokens = known.get(prompt, (0, []))
         return limit >= max_new_tokens or (bool(tokens) and len(tokens) < limit)
 
-    missing = list(dict.fromkeys(p for p in prompts if not enough(p)))
-    generated = shard_map(lambda chunk: generate_tokens(model, tokenizer, chunk, max_new_tokens=max_new_tokens,
-                                                        batch_size=settings.batch_size, desc=None),
-                          missing) if missing else []
+    done = generations(model)
+    missing = list(dict.fromkeys(p for p in prompts if not enough(done, p)))
+    source = generations(draft_from) if draft_from is not None else {}
+    drafts = [source[p][1][:max_new_tokens] if enough(source, p) else None for p in missing]
+
+    def generate(chunk):
+        return generate_tokens(model, tokenizer, [prompt for prompt, _ in chunk], max_new_tokens=max_new_tokens,
+                               batch_size=settings.batch_size, desc=None, drafts=[draft for _, draft in chunk])
+
+    generated = shard_map(generate, list(zip(missing, drafts))) if missing else []
     done.update((prompt, (max_new_tokens, tokens)) for prompt, tokens in zip(missing, generated))
     return [official_decode(tokenizer, done[p][1][:max_new_tokens]) for p in prompts]
 
@@ -410,11 +421,12 @@ def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=No
     from obliviate.audit.attacks import (PARAPHRASE_TEMPLATES, paraphrased, quantise_linear_weights,
                                          relearned_copy, split_by_document, with_document_prefix)
 
-    def scores(which_model, probes) -> dict:
+    def scores(which_model, probes, copied_from=None) -> dict:
         from obliviate.audit.lume import Generation, probe_score
 
         outputs = _generate(which_model, tokenizer, [p.input for p in probes], settings, settings.answer_tokens
-                            if all(p.kind is ProbeKind.KNOWLEDGE for p in probes) else settings.continuation_tokens)
+                            if all(p.kind is ProbeKind.KNOWLEDGE for p in probes) else settings.continuation_tokens,
+                            draft_from=copied_from)
         by_kind: dict[str, list[float]] = {}
         for probe, output in zip(probes, outputs):
             value = probe_score(Generation(probe.id, probe.task, probe.input, probe.output, output))
@@ -428,7 +440,7 @@ def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=No
     attacker_half, held_out = split_by_document(data.forget)
     relearned = relearned_copy(model, tokenizer, attacker_half, steps=settings.relearn_steps,
                                learning_rate=settings.relearn_learning_rate)
-    result["relearning"] = {"before": scores(model, held_out), "after": scores(relearned, held_out),
+    result["relearning"] = {"before": scores(model, held_out), "after": scores(relearned, held_out, model),
                             "steps": settings.relearn_steps, "trained_on_documents":
                                 len({p.document_id for p in attacker_half})}
     del relearned
@@ -436,7 +448,7 @@ def attacks_suite(model, tokenizer, data, settings, *, oracle=None, reference=No
     for bits in (8, 4):
         quantised = copy.deepcopy(model)  # quantisation is applied to a copy; the audited weights stay intact
         quantise_linear_weights(quantised, bits)
-        result[f"quantisation_{bits}bit"] = {"before": before, "after": scores(quantised, data.forget)}
+        result[f"quantisation_{bits}bit"] = {"before": before, "after": scores(quantised, data.forget, model)}
         del quantised
     questions = _knowledge(data.forget)
     plain = scores(model, questions)
