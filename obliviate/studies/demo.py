@@ -32,9 +32,11 @@ AIM_BASE_LOSS = 4.0
 AIM_ORACLE_AUC = (0.4, 0.6)
 # Options a benchmark kind adds to a method's entry where the entry does not set them ("*": every method). The
 # realistic tier runs SmolLM2-135M on 2 CPU cores, about 110 tokens a second in training: rows are cut at 256
-# tokens (the micro documents' longest is 370), and AntiExpert's anti-expert trains LoRA adapters on the base,
-# capped at 100 steps (60 on the test part), where the full anti-expert took 15-25 s a step (docs/realistic.md).
-KIND_OPTIONS = {"realistic": {"*": {"max_length": "256"}, "AntiExpert": {"lora": "true", "max_steps": "100"}}}
+# tokens (the micro documents' longest is 370), and AntiExpert's anti-expert trains LoRA adapters on the base
+# (the full anti-expert took 15-25 s a step) at a rate at which it can catch up with the target within its cap
+# of 200 steps (120 on the test part); how the rate was chosen is in docs/realistic.md.
+KIND_OPTIONS = {"realistic": {"*": {"max_length": "256"},
+                              "AntiExpert": {"lora": "true", "max_steps": "200", "learning_rate": "1e-2"}}}
 
 
 def with_options(entry: str, options: dict[str, str]) -> str:
