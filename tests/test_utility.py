@@ -15,8 +15,9 @@ class LetterModel(torch.nn.Module):
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.vocab_size, self.preferred = vocab_size, preferred
 
-    def forward(self, input_ids, attention_mask=None):
-        logits = torch.zeros(*input_ids.shape, self.vocab_size)
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=0):  # transformers' causal-LM interface
+        positions = input_ids.shape[1] if logits_to_keep == 0 else logits_to_keep
+        logits = torch.zeros(input_ids.shape[0], positions, self.vocab_size)
         logits[..., self.preferred] = 5.0
         return type("Output", (), {"logits": logits})()
 

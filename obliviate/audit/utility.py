@@ -82,7 +82,9 @@ def predict_choices(model, tokenizer, prompts: Sequence[str], batch_size: int = 
             # Left padding: every prompt's last token sits at position -1.
             input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer),
                                                       side="left")
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits[:, -1]
+            # Only the last position's logits: a 50k vocabulary over every position of 5-shot prompts is a GB a batch.
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                           logits_to_keep=1).logits[:, -1]
             for i, choice in zip(indices, logits[:, choice_ids].argmax(dim=-1).tolist()):
                 predicted[i] = CHOICES[choice]
             bar.update(len(indices))
