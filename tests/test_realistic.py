@@ -96,3 +96,18 @@ def test_new_recipe_fields_keep_the_shipped_models_keys(kind):
     shipped = {p.name for p in prebuilt_dir().iterdir() if p.is_dir()}
     for role in ("target", "oracle"):
         assert f"{role}-{_cache_key(benchmark, fine_tune_recipe(kind), role, base_key)}" in shipped
+
+
+def test_the_realistic_kind_adds_its_options_only_where_the_entry_is_silent():
+    """The realistic tier cuts every row at 256 tokens and trains AntiExpert's anti-expert as LoRA at its own rate
+    and cap (docs/realistic.md); what a --method entry sets is kept, and the micro kind adds nothing."""
+    from obliviate.studies.demo import method_entry, with_kind_options
+
+    entry = with_kind_options("AntiExpert", "realistic")
+    planned = method_entry(entry)
+    assert planned.training.learning_rate == 1e-2 and planned.training.max_steps == 200
+    assert planned.training.max_length == 256 and planned.training.lora
+    kept = method_entry(with_kind_options("AntiExpert learning_rate=3e-3 max_length=128", "realistic"))
+    assert kept.training.learning_rate == 3e-3 and kept.training.max_length == 128
+    assert method_entry(with_kind_options("NPO", "realistic")).training.max_length == 256
+    assert with_kind_options("AntiExpert", "micro") == "AntiExpert"
