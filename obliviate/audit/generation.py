@@ -124,8 +124,9 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
             # Our loop decodes batch_size rows at a time whatever their lengths (it prefills them in groups of
             # similar length); model.generate takes one padded batch, so its batches are cut by length too.
             lengths = [len(encoded[i]) for i in todo]
-            batches = ([[todo[j] for j in chunk] for chunk in (_longest_first_chunks(lengths, batch_size) if own_loop
-                        else longest_first_batches(lengths, batch_size))])
+            chunks = (_longest_first_chunks(lengths, batch_size) if own_loop
+                      else longest_first_batches(lengths, batch_size))
+            batches = [[todo[j] for j in chunk] for chunk in chunks]
             for indices in batches:
                 if own_loop:
                     new_tokens = _greedy_batch(model, [encoded[i] for i in indices], pad_id, config, device,
@@ -258,10 +259,12 @@ def _accepted_drafts(model, sequences: Sequence[Sequence[int]], drafts: Sequence
         for start in range(0, len(batch), rows):
             part = batch[start:start + rows]
             input_ids, attention_mask = pad_sequences([joined[i] for i in part], pad_id, side="right")
-            predicted = model(input_ids=input_ids.to(device),
-                              attention_mask=attention_mask.to(device)).logits.argmax(dim=-1).tolist()
+            # Logits from the earliest position a row's draft is checked at: the prompts' other positions need none.
+            offset = min(len(sequences[i]) - 1 for i in part)
+            predicted = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                              logits_to_keep=input_ids.shape[1] - offset).logits.argmax(dim=-1).tolist()
             for row, i in enumerate(part):
-                first, draft = len(sequences[i]) - 1, drafts[i]
+                first, draft = len(sequences[i]) - 1 - offset, drafts[i]
                 tokens, ended = [], False
                 for position in range(len(draft) + 1):
                     token = predicted[row][first + position]
