@@ -5,9 +5,13 @@ from __future__ import annotations
 from obliviate.errors import InputError
 
 
-def logits_of(model, batch: dict, side: str):
-    """Logits of the ``forget`` or ``retain`` half of a batch."""
-    return model(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"]).logits
+def logits_and_labels(model, batch: dict, side: str):
+    """Logits and labels of the ``forget``, ``retain`` or ``refusal`` part of a batch, over the positions a loss
+    reads (``obliviate.models.inference.labelled_logits``)."""
+    from obliviate.models.inference import labelled_logits
+
+    return labelled_logits(model, batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"],
+                           batch[f"{side}_labels"])
 
 
 def require_positive(config, *names: str) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -62,7 +62,7 @@ class AILSNTUA:
         return ChunkedDataset(forget, retain, self.config.chunk_size, self.config.retain_ratio, rows)
 
     def loss(self, model, batch, reference_model=None):
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = -self.config.forget_weight * forget_nll + self.config.retain_weight * retain_nll
         return loss, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}

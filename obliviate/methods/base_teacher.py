@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import kl_divergence
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -57,9 +57,9 @@ class BaseTeacher:
         import torch
 
         with torch.no_grad():
-            base_logits = logits_of(base_model, batch, "forget")
-            reference_logits = logits_of(reference_model, batch, "retain")
-        forget_kl = kl_divergence(base_logits, logits_of(model, batch, "forget"), batch["forget_labels"])
-        retain_kl = kl_divergence(reference_logits, logits_of(model, batch, "retain"), batch["retain_labels"])
+            base_logits, _ = logits_and_labels(base_model, batch, "forget")
+            reference_logits, _ = logits_and_labels(reference_model, batch, "retain")
+        forget_kl = kl_divergence(base_logits, *logits_and_labels(model, batch, "forget"))
+        retain_kl = kl_divergence(reference_logits, *logits_and_labels(model, batch, "retain"))
         loss = self.config.forget_weight * forget_kl + self.config.retain_weight * retain_kl
         return loss, {"forget_kl_to_base": forget_kl.item(), "retain_kl": retain_kl.item()}

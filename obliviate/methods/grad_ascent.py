@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll
-from obliviate.methods._shared import logits_of, require_positive
+from obliviate.methods._shared import logits_and_labels, require_positive
 
 
 @dataclass
@@ -33,5 +33,5 @@ class GradAscent:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         return -self.config.forget_weight * forget_nll, {"forget_nll": forget_nll.item()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import dpo_loss, mean_nll, sequence_log_probs
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -43,11 +43,11 @@ class IdkDPO:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        refusal_log_probs, _ = sequence_log_probs(logits_of(model, batch, "refusal"), batch["refusal_labels"])
-        forget_log_probs, _ = sequence_log_probs(logits_of(model, batch, "forget"), batch["forget_labels"])
+        refusal_log_probs, _ = sequence_log_probs(*logits_and_labels(model, batch, "refusal"))
+        forget_log_probs, _ = sequence_log_probs(*logits_and_labels(model, batch, "forget"))
         preference_loss = dpo_loss(refusal_log_probs, forget_log_probs, batch["refusal_reference_log_probs"],
                                    batch["forget_reference_log_probs"], self.config.beta)
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = self.config.forget_weight * preference_loss + self.config.retain_weight * retain_nll
         return loss, {"dpo_loss": preference_loss.item(), "retain_nll": retain_nll.item(),
                       "refusal_log_ratio": (refusal_log_probs - batch["refusal_reference_log_probs"]).mean().item(),

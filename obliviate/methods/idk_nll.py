@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -40,7 +40,7 @@ class IdkNLL:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        refusal_nll = mean_nll(logits_of(model, batch, "refusal"), batch["refusal_labels"])
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        refusal_nll = mean_nll(*logits_and_labels(model, batch, "refusal"))
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = self.config.refusal_weight * refusal_nll + self.config.retain_weight * retain_nll
         return loss, {"refusal_nll": refusal_nll.item(), "retain_nll": retain_nll.item()}

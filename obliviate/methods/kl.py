@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import kl_divergence, mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -38,9 +38,9 @@ class KL:
     def loss(self, model, batch, reference_model=None):
         import torch
 
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         with torch.no_grad():
-            reference_logits = logits_of(reference_model, batch, "retain")
-        retain_kl = kl_divergence(reference_logits, logits_of(model, batch, "retain"), batch["retain_labels"])
+            reference_logits, _ = logits_and_labels(reference_model, batch, "retain")
+        retain_kl = kl_divergence(reference_logits, *logits_and_labels(model, batch, "retain"))
         loss = -self.config.forget_weight * forget_nll + self.config.retain_weight * retain_kl
         return loss, {"forget_nll": forget_nll.item(), "retain_kl": retain_kl.item()}

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from obliviate.errors import InputError
 from obliviate.losses import mean_nll
-from obliviate.methods._shared import logits_of
+from obliviate.methods._shared import logits_and_labels
 
 NORM_FLOOR = 1e-12  # a gradient with a smaller norm is treated as zero instead of blown up
 
@@ -107,9 +107,9 @@ class NGDiff:
 
         params = [p for p in model.parameters() if p.requires_grad]
         # One graph at a time: each is freed by its autograd.grad before the next forward.
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         forget_grads = torch.autograd.grad(forget_nll, params, allow_unused=True)
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         retain_grads = torch.autograd.grad(retain_nll, params, allow_unused=True)
         direction = normalized_difference(retain_grads, forget_grads, params)
         metrics = {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
@@ -132,7 +132,7 @@ class NGDiff:
                 p.add_(amount * d.to(p.dtype))
 
         def retain_loss() -> float:
-            return mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"]).item()
+            return mean_nll(*logits_and_labels(model, batch, "retain")).item()
 
         with torch.no_grad():
             shift(-step)  # w - step g: where the update goes

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll, npo_loss, sequence_log_probs
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -39,9 +39,9 @@ class NPO:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        policy_log_probs, _ = sequence_log_probs(logits_of(model, batch, "forget"), batch["forget_labels"])
+        policy_log_probs, _ = sequence_log_probs(*logits_and_labels(model, batch, "forget"))
         forget_loss = npo_loss(policy_log_probs, batch["forget_reference_log_probs"], self.config.beta)
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = self.config.forget_weight * forget_loss + self.config.retain_weight * retain_nll
         return loss, {"npo_loss": forget_loss.item(), "retain_nll": retain_nll.item(),
                       "forget_log_ratio": (policy_log_probs - batch["forget_reference_log_probs"]).mean().item()}

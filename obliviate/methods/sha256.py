@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 
 from obliviate.losses import adaptive_retain_weight, mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -76,8 +76,8 @@ class SHA256:
                                       config.weight_offset, config.retain_weight_min, config.retain_weight_max)
 
     def loss(self, model, batch, reference_model=None):
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         alpha = self.retain_weight(retain_nll.item())
         loss = -self.config.forget_weight * forget_nll + alpha * retain_nll
         return loss, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item(), "retain_weight": alpha}

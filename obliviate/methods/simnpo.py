@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll, sequence_log_probs, simnpo_loss
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -41,9 +41,9 @@ class SimNPO:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        log_probs, lengths = sequence_log_probs(logits_of(model, batch, "forget"), batch["forget_labels"])
+        log_probs, lengths = sequence_log_probs(*logits_and_labels(model, batch, "forget"))
         forget_loss = simnpo_loss(log_probs, lengths, self.config.beta, self.config.margin)
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = self.config.forget_weight * forget_loss + self.config.retain_weight * retain_nll
         return loss, {"simnpo_loss": forget_loss.item(), "retain_nll": retain_nll.item(),
                       "forget_mean_log_prob": (log_probs / lengths.clamp(min=1)).mean().item()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll, undial_loss
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -44,13 +44,13 @@ class UNDIAL:
         import torch
 
         with torch.no_grad():
-            reference_logits = logits_of(reference_model, batch, "forget")
-        forget_loss = undial_loss(logits_of(model, batch, "forget"), reference_logits, batch["forget_labels"],
-                                  self.config.beta)
+            reference_logits, _ = logits_and_labels(reference_model, batch, "forget")
+        policy_logits, labels = logits_and_labels(model, batch, "forget")
+        forget_loss = undial_loss(policy_logits, reference_logits, labels, self.config.beta)
         loss = self.config.forget_weight * forget_loss
         metrics = {"undial_loss": forget_loss.item()}
         if self.config.retain_weight > 0:
-            retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+            retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
             loss = loss + self.config.retain_weight * retain_nll
             metrics["retain_nll"] = retain_nll.item()
         return loss, metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from obliviate.losses import mean_nll, weighted_log_likelihood
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -40,8 +40,8 @@ class WGA:
         self.config = config
 
     def loss(self, model, batch, reference_model=None):
-        forget_term = weighted_log_likelihood(logits_of(model, batch, "forget"), batch["forget_labels"],
+        forget_term = weighted_log_likelihood(*logits_and_labels(model, batch, "forget"),
                                               self.config.beta)
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = self.config.forget_weight * forget_term + self.config.retain_weight * retain_nll
         return loss, {"weighted_forget_log_likelihood": forget_term.item(), "retain_nll": retain_nll.item()}

@@ -56,7 +56,7 @@ from typing import Literal, Sequence
 
 from obliviate.errors import InputError
 from obliviate.losses import IGNORE_INDEX, mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative
+from obliviate.methods._shared import logits_and_labels, require_non_negative
 from obliviate.methods.whp_terms import Replacement
 
 
@@ -143,10 +143,10 @@ class GenericLabelsLoss:
         return PairedDataset(self.generic_examples, retain_examples if self.needs_retain else None)
 
     def loss(self, model, batch, reference_model=None):
-        generic_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        generic_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         if not self.needs_retain:
             return generic_nll, {"generic_nll": generic_nll.item()}
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         loss = generic_nll + self.retain_weight * retain_nll
         return loss, {"generic_nll": generic_nll.item(), "retain_nll": retain_nll.item()}
 

@@ -1,6 +1,8 @@
-"""What running a model under ``torch.inference_mode`` leaves behind, made ordinary again."""
+"""Running a model for what is needed: the logits a loss reads, and buffers made ordinary after inference mode."""
 
 from __future__ import annotations
+
+import weakref
 
 
 def normal_buffers(model) -> None:
@@ -14,3 +16,121 @@ def normal_buffers(model) -> None:
             for name, buffer in module._buffers.items():
                 if buffer is not None and buffer.is_inference():
                     module._buffers[name] = buffer.clone()
+
+
+
+def labelled_logits(model, input_ids, attention_mask, labels):
+    """The logits a loss over ``labels`` reads, in the batch's (right-padded) layout, and the labels to pair them with.
+
+    Position t's logits predict token t+1, so a loss over shifted labels (every loss in ``obliviate.losses``) reads
+    the logits of position t only where token t+1 is labelled; other positions' logits may be anything. Two savings
+    follow, and each loss gives the same value as over the whole padded batch:
+
+    * **packed rows**: the rows' tokens, without their padding, run as one sequence whose position ids restart at
+      each row (transformers then masks attention to within a row, as for packed training data), and the LM head,
+      a vocabulary-wide product per position, runs only at the positions read (``logits_to_keep`` as indices).
+      Their logits are written back into a zero tensor of the padded shape. A batch of one long document and
+      short questions computes its real tokens, not four times the document's length. Used where it costs fewer
+      operations than the padded batch (``_packing_pays``: attention then spans the whole packed row, so a batch
+      of rows of one length is left padded) and once the first call with this model has shown that packed rows
+      give its padded logits (``_packs``);
+    * otherwise the positions before the batch's earliest read position are cut: ``logits_to_keep`` counted from
+      the end, or the computed logits sliced for a model whose forward does not take it, and the labels with them.
+    """
+    from obliviate.losses import IGNORE_INDEX
+
+    rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
+    if (len(rows) and right_padded and _packing_pays(model, attention_mask)
+            and _packs(model, input_ids, attention_mask, rows, columns)):
+        logits = _packed_logits(model, input_ids, attention_mask, rows, columns)
+        read = logits.new_zeros(*input_ids.shape, logits.shape[-1])
+        read[rows, columns] = logits
+        return read, labels
+    start = int(columns.min()) if len(rows) else 0
+    if start == 0:
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits, labels
+    if takes(model, "logits_to_keep"):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       logits_to_keep=input_ids.shape[1] - start).logits
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start:]
+    return logits, labels[:, start:]
+
+
+def _packed_logits(model, input_ids, attention_mask, rows, columns):
+    """Logits at (rows, columns) of a right-padded batch, computed over its rows packed into one sequence."""
+    import torch
+
+    lengths = attention_mask.sum(dim=1)
+    starts = torch.cumsum(lengths, dim=0) - lengths
+    position_ids = torch.arange(int(lengths.sum()), device=input_ids.device) - starts.repeat_interleave(lengths)
+    read = starts[rows] + columns
+    packed = dict(input_ids=input_ids[attention_mask.bool()][None], position_ids=position_ids[None], use_cache=False)
+    if takes(model, "logits_to_keep"):
+        return model(**packed, logits_to_keep=read).logits[0]
+    return model(**packed).logits[0, read]
+
+
+def _packing_pays(model, attention_mask) -> bool:
+    """Whether one packed row of the batch's T real tokens costs fewer operations than its B padded rows of length
+    L, by the usual count per layer: a token's projections about 24 h^2, a pair of positions' attention about 4 h
+    for width h (attention computed whole under its mask in both layouts; the LM head, which packing also saves,
+    left out). Without a known width, only where attention costs no more: T^2 <= B L^2."""
+    batch, length = attention_mask.shape
+    tokens = int(attention_mask.sum())
+    width = getattr(getattr(unwrapped(model), "config", None), "hidden_size", None)
+    if not isinstance(width, int):
+        return tokens * tokens <= batch * length * length
+    return tokens * (24 * width + 4 * tokens) < batch * length * (24 * width + 4 * length)
+
+
+_PACKING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether it packs rows faithfully
+
+
+def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
+    """Whether this model gives packed rows the logits it gives them padded, decided once per model object on its
+    first batch (in eval mode, without gradients): a model that would attend across rows, or does not take
+    position ids, is run padded."""
+    import torch
+
+    verdict = _PACKING.get(model)
+    if verdict is None:
+        verdict = False
+        if takes(model, "position_ids", or_any_keyword=True):
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    padded = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, columns]
+                    packed = _packed_logits(model, input_ids, attention_mask, rows, columns)
+                tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
+                verdict = bool((packed.float() - padded.float()).abs().max() <= tolerance * (1 + padded.abs().max()))
+            except (TypeError, ValueError, RuntimeError, AttributeError):  # a forward that cannot take packed rows
+                pass
+            finally:
+                model.train(was_training)
+        _PACKING[model] = verdict
+    return verdict
+
+
+def takes(model, argument: str, or_any_keyword: bool = False) -> bool:
+    """Whether the forward of the model under its wrappers (``unwrapped``) names
+    ``argument`` (or, with ``or_any_keyword``, takes keyword arguments it does not name)."""
+    import inspect
+
+    parameters = inspect.signature(type(unwrapped(model)).forward).parameters
+    return argument in parameters or (or_any_keyword and any(p.kind is p.VAR_KEYWORD for p in parameters.values()))
+
+
+def unwrapped(model):
+    """The model under any DDP, FSDP, DeepSpeed, PEFT or ``torch.compile`` wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif type(model).__name__ in {"DistributedDataParallel", "FullyShardedDataParallel", "DeepSpeedEngine"}:
+            model = model.module
+        else:
+            return model

@@ -97,7 +97,7 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
     the values (``obliviate.distributed.shard_map``), so the reference model is never needed again."""
     import torch
 
-    from obliviate.models.inference import normal_buffers
+    from obliviate.models.inference import labelled_logits, normal_buffers
     from obliviate.distributed import shard_map
     from obliviate.losses import sequence_log_probs
 
@@ -112,8 +112,8 @@ def attach_reference_log_probs(model, examples: list[dict], pad_id: int, batch_s
             for batch_indices in longest_first_batches([len(examples[i]["input_ids"]) for i in indices], batch_size):
                 chunk = [examples[indices[j]] for j in batch_indices]
                 batch = {k: v.to(device) for k, v in pad(chunk, pad_id).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                values.update(zip(batch_indices, sequence_log_probs(logits, batch["labels"])[0].tolist()))
+                logits, labels = labelled_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+                values.update(zip(batch_indices, sequence_log_probs(logits, labels)[0].tolist()))
         return [values[j] for j in range(len(indices))]
 
     # An example repeated (the same tokens and labels) is computed once.

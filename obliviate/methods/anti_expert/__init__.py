@@ -57,7 +57,7 @@ from typing import Literal
 
 from obliviate.errors import InputError
 from obliviate.losses import kl_divergence, mean_nll
-from obliviate.methods._shared import logits_of, require_non_negative, require_positive
+from obliviate.methods._shared import logits_and_labels, require_non_negative, require_positive
 
 
 @dataclass
@@ -111,12 +111,12 @@ class LearnForget:
     def loss(self, model, batch, reference_model=None, base_model=None):
         import torch
 
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         if not self.retain_weight:
             return forget_nll, {"forget_nll": forget_nll.item()}
         with torch.no_grad():
-            base_logits = logits_of(base_model, batch, "retain")
-        retain_kl = kl_divergence(base_logits, logits_of(model, batch, "retain"), batch["retain_labels"])
+            base_logits, _ = logits_and_labels(base_model, batch, "retain")
+        retain_kl = kl_divergence(base_logits, *logits_and_labels(model, batch, "retain"))
         return forget_nll + self.retain_weight * retain_kl, {"forget_nll": forget_nll.item(),
                                                              "retain_kl_to_base": retain_kl.item()}
 
@@ -128,8 +128,8 @@ class LearnBoth:
     needs_reference = None
 
     def loss(self, model, batch, reference_model=None):
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
-        retain_nll = mean_nll(logits_of(model, batch, "retain"), batch["retain_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
+        retain_nll = mean_nll(*logits_and_labels(model, batch, "retain"))
         return forget_nll + retain_nll, {"forget_nll": forget_nll.item(), "retain_nll": retain_nll.item()}
 
 
@@ -141,7 +141,7 @@ class LearnRows:
     needs_reference = None
 
     def loss(self, model, batch, reference_model=None):
-        nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
+        nll = mean_nll(*logits_and_labels(model, batch, "forget"))
         return nll, {"retain_nll": nll.item()}
 
 

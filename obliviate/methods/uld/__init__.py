@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from obliviate.errors import InputError
 from obliviate.losses import mean_nll, uniform_kl
-from obliviate.methods._shared import logits_of, require_non_negative
+from obliviate.methods._shared import logits_and_labels, require_non_negative
 
 
 def default_assistant_layers(target_layers: int) -> int:
@@ -70,8 +70,8 @@ class ReversedObjectives:
         self.retain_weight = retain_weight
 
     def loss(self, model, batch, reference_model=None):
-        forget_nll = mean_nll(logits_of(model, batch, "forget"), batch["forget_labels"])
-        retain_kl = uniform_kl(logits_of(model, batch, "retain"), batch["retain_labels"])
+        forget_nll = mean_nll(*logits_and_labels(model, batch, "forget"))
+        retain_kl = uniform_kl(*logits_and_labels(model, batch, "retain"))
         loss = forget_nll + self.retain_weight * retain_kl
         return loss, {"forget_nll": forget_nll.item(), "retain_uniform_kl": retain_kl.item()}
 
