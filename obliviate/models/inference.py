@@ -76,12 +76,12 @@ def _packing_pays(model, attention_mask) -> bool:
     """Whether one packed row of the batch's T real tokens costs fewer operations than its B padded rows of length
     L, by the usual count per layer: a token's projections about 24 h^2, a pair of positions' attention about 4 h
     for width h (attention computed whole under its mask in both layouts; the LM head, which packing also saves,
-    left out). Without a known width, only where attention costs no more: T^2 <= B L^2."""
+    left out). Without a known width, only where attention costs less too: T^2 < B L^2."""
     batch, length = attention_mask.shape
     tokens = int(attention_mask.sum())
     width = getattr(getattr(unwrapped(model), "config", None), "hidden_size", None)
     if not isinstance(width, int):
-        return tokens * tokens <= batch * length * length
+        return tokens * tokens < batch * length * length
     return tokens * (24 * width + 4 * tokens) < batch * length * (24 * width + 4 * length)
 
 
@@ -119,7 +119,8 @@ def takes(model, argument: str, or_any_keyword: bool = False) -> bool:
     ``argument`` (or, with ``or_any_keyword``, takes keyword arguments it does not name)."""
     import inspect
 
-    parameters = inspect.signature(type(unwrapped(model)).forward).parameters
+    kind = type(unwrapped(model))
+    parameters = inspect.signature(getattr(kind, "forward", kind.__call__)).parameters
     return argument in parameters or (or_any_keyword and any(p.kind is p.VAR_KEYWORD for p in parameters.values()))
 
 
