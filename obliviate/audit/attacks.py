@@ -65,6 +65,7 @@ def relearned_copy(model, tokenizer, probes: Sequence[Probe], *, steps: int = 10
 
     from obliviate.batching import pad_id_of
     from obliviate.losses import mean_nll
+    from obliviate.models.inference import labelled_logits
     from obliviate.training.data import encode_probes, pad
 
     attacked = copy.deepcopy(model)  # the attack needs its own weights; the original must stay as audited
@@ -77,8 +78,7 @@ def relearned_copy(model, tokenizer, probes: Sequence[Probe], *, steps: int = 10
     for step in range(steps):
         chosen = [examples[order[(step * batch_size + i) % len(order)]] for i in range(batch_size)]
         batch = {key: value.to(device) for key, value in pad(chosen, pad_id_of(tokenizer)).items()}
-        logits = attacked(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = mean_nll(logits, batch["labels"])
+        loss = mean_nll(*labelled_logits(attacked, batch["input_ids"], batch["attention_mask"], batch["labels"]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
