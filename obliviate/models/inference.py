@@ -41,8 +41,10 @@ def labelled_logits(model, input_ids, attention_mask, labels):
 
     rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
     right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
-    if (len(rows) and right_padded and _packing_pays(model, attention_mask)
-            and _packs(model, input_ids, attention_mask, rows, columns)):
+    # Asked on every call, so that the first call checks whatever its batch: under FSDP or ZeRO-3 every process
+    # then runs the check's passes at the same step (a pass gathers weights from all of them).
+    packs = _packs(model, input_ids, attention_mask, rows, columns)
+    if packs and len(rows) and right_padded and _packing_pays(model, attention_mask):
         logits = _packed_logits(model, input_ids, attention_mask, rows, columns)
         read = logits.new_zeros(*input_ids.shape, logits.shape[-1])
         read[rows, columns] = logits
@@ -91,7 +93,7 @@ _PACKING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> wh
 def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
     """Whether this model gives packed rows the logits it gives them padded, decided once per model object on its
     first batch (in eval mode, without gradients): a model that would attend across rows, or does not take
-    position ids, is run padded."""
+    position ids, is run padded; so is one whose first batch is not right-padded or has no label."""
     import torch
 
     verdict = _PACKING.get(model)
