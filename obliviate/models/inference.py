@@ -100,8 +100,11 @@ def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
     if verdict is None:
         verdict = False
         if takes(model, "position_ids", or_any_keyword=True):
-            was_training = model.training
-            model.eval()
+            # A module runs the check in eval mode (no dropout); a callable that is not one sets its own mode.
+            module = isinstance(model, torch.nn.Module)
+            was_training = module and model.training
+            if module:
+                model.eval()
             try:
                 with torch.no_grad():
                     padded = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, columns]
@@ -111,7 +114,8 @@ def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
             except (TypeError, ValueError, RuntimeError, AttributeError):  # a forward that cannot take packed rows
                 pass
             finally:
-                model.train(was_training)
+                if module:
+                    model.train(was_training)
         _PACKING[model] = verdict
     return verdict
 

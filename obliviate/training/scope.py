@@ -147,6 +147,10 @@ class AdapterDisabledReference:
         # must go through the wrapper, which gathers them.
         self.engine_model = None
 
+    def get_base_model(self):
+        """The model under the adapters: its forward's signature and config are this reference's."""
+        return self.peft_model.get_base_model()
+
     def __call__(self, *args, **kwargs):
         import torch
 
