@@ -43,7 +43,7 @@ def labelled_logits(model, input_ids, attention_mask, labels):
     right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
     # Asked on every call, so that the first call checks whatever its batch: under FSDP or ZeRO-3 every process
     # then runs the check's passes at the same step (a pass gathers weights from all of them).
-    packs = _packs(model, input_ids, attention_mask, rows, columns)
+    packs = _packs(model, input_ids, attention_mask)
     if packs and len(rows) and right_padded and _packing_pays(model, attention_mask):
         logits = _packed_logits(model, input_ids, attention_mask, rows, columns)
         read = logits.new_zeros(*input_ids.shape, logits.shape[-1])
@@ -90,16 +90,22 @@ def _packing_pays(model, attention_mask) -> bool:
 _PACKING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> whether it packs rows faithfully
 
 
-def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
+def _packs(model, input_ids, attention_mask) -> bool:
     """Whether this model gives packed rows the logits it gives them padded, decided once per model object on its
-    first batch (in eval mode, without gradients): a model that would attend across rows, or does not take
-    position ids, is run padded; so is one whose first batch is not right-padded or has no label."""
+    first call (in eval mode, without gradients), on two rows cut from the batch's first: its first 64 tokens and
+    their first half. A model that would attend across rows, or does not take position ids, is run padded. The
+    check does not depend on labels, so every process of a distributed run makes it at its first call."""
     import torch
 
     verdict = _PACKING.get(model)
     if verdict is None:
         verdict = False
         if takes(model, "position_ids", or_any_keyword=True):
+            first = input_ids[0][attention_mask[0].bool()][:64]
+            ids = torch.stack([first, first])
+            mask = torch.ones_like(ids)
+            mask[1, max(1, len(first) // 2):] = 0  # the second row: the first half, padded
+            rows, columns = mask.nonzero(as_tuple=True)
             # A module runs the check in eval mode (no dropout); a callable that is not one sets its own mode.
             module = isinstance(model, torch.nn.Module)
             was_training = module and model.training
@@ -107,8 +113,8 @@ def _packs(model, input_ids, attention_mask, rows, columns) -> bool:
                 model.eval()
             try:
                 with torch.no_grad():
-                    padded = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, columns]
-                    packed = _packed_logits(model, input_ids, attention_mask, rows, columns)
+                    padded = model(input_ids=ids, attention_mask=mask).logits[rows, columns]
+                    packed = _packed_logits(model, ids, mask, rows, columns)
                 tolerance = 1e-3 if padded.dtype == torch.float32 else 5e-2
                 verdict = bool((packed.float() - padded.float()).abs().max() <= tolerance * (1 + padded.abs().max()))
             except (TypeError, ValueError, RuntimeError, AttributeError):  # a forward that cannot take packed rows
