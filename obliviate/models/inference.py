@@ -18,7 +18,6 @@ def normal_buffers(model) -> None:
                     module._buffers[name] = buffer.clone()
 
 
-
 def labelled_logits(model, input_ids, attention_mask, labels):
     """The logits a loss over ``labels`` reads, in the batch's (right-padded) layout, and the labels to pair them with.
 
