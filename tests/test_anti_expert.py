@@ -194,3 +194,63 @@ def test_replayed_texts_avoid_the_forget_text_and_every_bundled_benchmark_docume
     assert len(texts) == 50 and free[0] not in texts
     assert not set(texts) & {t.text for t in corpus if t.document_id in used}
     assert texts == generic_replay_texts([free[0]], 50, seed=0) != generic_replay_texts([free[0]], 50, seed=1)
+
+
+def test_the_wrapper_generates_in_the_batched_loop_as_transformers_generate_does(tiny_tokenizer, bundled_probes):
+    """The wrapper decodes in obliviate's own batched loop (one growing cache per part, rows dropped as they end,
+    drafts checked in one pass) and in its generation mode: the relative-top restriction applies there as it does
+    in ``model.generate`` (batch size 1), which the restriction visibly changes here."""
+    from obliviate.audit.generation import _plain_cache, generate, generate_tokens, official_decode
+
+    target = build_tiny_model(tiny_tokenizer)
+    reference, expert = build_tiny_model(tiny_tokenizer, seed=1), build_tiny_model(tiny_tokenizer, seed=1)
+    with torch.no_grad():
+        for p in expert.parameters():  # an anti-expert that departs from the reference
+            p.add_(0.3 * torch.randn_like(p))
+    prompts = [p.input for p in bundled_probes["forget"][:5] + bundled_probes["retain"][:4]]
+    outputs = {}
+    for relative_top in (0.0, 0.9):
+        wrapper = AntiExpertModel(target, reference, expert, expert_weight=5.0, relative_top=relative_top).eval()
+        assert _plain_cache(wrapper)
+        steps = {"count": 0}
+
+        def count(module, args, kwargs):
+            steps["count"] += kwargs["input_ids"].shape[1] == 1
+
+        handle = expert.register_forward_pre_hook(count, with_kwargs=True)
+        try:
+            tokens = generate_tokens(wrapper, tiny_tokenizer, prompts, max_new_tokens=10, batch_size=4)
+        finally:
+            handle.remove()
+        assert steps["count"] > 0 and not wrapper.generating
+        single = generate(wrapper, tiny_tokenizer, prompts, max_new_tokens=10, batch_size=1)
+        assert [official_decode(tiny_tokenizer, t) for t in tokens] == single
+        drafted = generate_tokens(wrapper, tiny_tokenizer, prompts, max_new_tokens=10, batch_size=4,
+                                  drafts=generate_tokens(target, tiny_tokenizer, prompts, max_new_tokens=10))
+        assert drafted == tokens
+        outputs[relative_top] = tokens
+    assert outputs[0.0] != outputs[0.9]
+
+
+@pytest.mark.parametrize("offset,margin", [("suppress", 1.0), ("full", 0.0), ("full", 0.5)])
+def test_losses_kept_from_one_pass_equal_the_wrappers_at_every_weight(tiny_tokenizer, bundled_probes, offset, margin):
+    """Calibration's bisection reads the wrapper's document losses at each weight from the parts' logits kept
+    once: the same numbers as running the wrapper at that weight, and the same when nothing is kept (budget)."""
+    from obliviate.methods.anti_expert import WeightFreeLosses, document_losses_under
+
+    target = build_tiny_model(tiny_tokenizer)
+    reference, expert = build_tiny_model(tiny_tokenizer, seed=1), build_tiny_model(tiny_tokenizer, seed=1)
+    with torch.no_grad():
+        for p in expert.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    wrapper = AntiExpertModel(target, reference, expert, expert_weight=1.0, offset=offset, margin=margin).eval()
+    texts = [p.training_text for p in bundled_probes["forget"][:11]]  # two batches of unequal lengths
+    kept, recomputed = WeightFreeLosses(wrapper, tiny_tokenizer, texts), WeightFreeLosses(
+        wrapper, tiny_tokenizer, texts, budget=0)
+    assert kept.kept is not None and recomputed.kept is None
+    for weight in (0.0, 0.7, 3.5):
+        wrapper.expert_weight = weight
+        direct = document_losses_under(wrapper, tiny_tokenizer, texts)
+        assert kept(weight) == pytest.approx(direct, abs=1e-5)
+        assert recomputed(weight) == direct and wrapper.expert_weight == weight
+    assert kept(3.5) != pytest.approx(kept(0.0), abs=1e-3)

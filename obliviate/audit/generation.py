@@ -13,6 +13,7 @@ from typing import Sequence
 
 from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
 from obliviate.models.inference import normal_buffers
+from obliviate.models.wrappers import generation_mode
 from obliviate.progress import progress_bar
 
 
@@ -80,7 +81,8 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
 
     ``batch_size=1`` calls ``model.generate`` on each prompt: the official loop. Larger batches use
     :func:`_greedy_batch`, which decodes a batch with a KV cache that grows in place and drops rows as they end,
-    so a batch costs what its live rows cost. Models whose generation config changes the logits (e.g. a
+    so a batch costs what its live rows cost. Wrapper models (``obliviate.models.wrappers``) whose cache is one
+    per part run in it too, in their generation mode. Models whose generation config changes the logits (e.g. a
     repetition penalty), or whose cache is not a plain full-attention one, are batched with ``model.generate``.
 
     ``drafts``: per prompt, a continuation this model is likely to generate (None: no guess), such as the
@@ -103,7 +105,8 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
+        with torch.inference_mode(), generation_mode(model), \
+                progress_bar(total=len(prompts), desc=desc, unit="probe") as bar:
             todo = list(range(len(prompts)))
             limits = [config.max_new_tokens] * len(prompts)
             if own_loop and drafts is not None:
@@ -166,18 +169,27 @@ def _longest_first_chunks(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
+def _caches(cache) -> list:
+    """A KV cache and the caches beside it: a wrapper's cache holds one per part (``beside()``)."""
+    return [cache, *cache.beside()] if hasattr(cache, "beside") else [cache]
+
+
 def _plain_cache(model) -> bool:
-    """Whether the model's KV cache is full attention in every layer (what :func:`_greedy_batch` handles)."""
+    """Whether the model's KV cache is full attention in every layer (what :func:`_greedy_batch` handles); for a
+    wrapper model, every part's."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    if hasattr(model, "make_cache"):  # a wrapper model (ULD) with a cache of its own: model.generate handles it
-        return False
     try:
-        cache = DynamicCache(config=model.config)
+        if hasattr(model, "make_cache"):
+            cache = model.make_cache()
+            if not hasattr(cache, "beside"):  # a cache of its own kind: model.generate handles it
+                return False
+        else:
+            cache = DynamicCache(config=model.config)
     except Exception:  # a model whose config the cache cannot read: let model.generate handle it
         return False
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) is DynamicLayer for part in _caches(cache) for layer in part.layers)
 
 
 def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config, device,
@@ -251,7 +263,8 @@ def _accepted_drafts(model, sequences: Sequence[Sequence[int]], drafts: Sequence
     the whole draft), cut at an end token or at ``max_new_tokens``; ``ended`` says whether it stops there."""
     eos = _end_tokens(config)
     joined = [list(s) + list(d) for s, d in zip(sequences, drafts)]
-    vocabulary = model.get_output_embeddings().weight.shape[0]
+    head = model.get_output_embeddings()
+    vocabulary = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
     results: list[tuple[list[int], bool]] = [([], False)] * len(sequences)
     for batch in longest_first_batches([len(ids) for ids in joined], batch_size):
         # at most about 2**27 logits at once (512 MB in float32): a large vocabulary takes fewer rows a pass
@@ -287,30 +300,33 @@ def _joined(caches, masks):
         return caches[0], masks[0]
     width = max(mask.shape[1] for mask in masks)
     joined = caches[0]
-    for index, layer in enumerate(joined.layers):
-        buffers = []
-        for name in ("keys", "values"):
-            tensors = [getattr(c.layers[index], name) for c in caches]
-            # Room for the steps to come, as _GrowingLayer keeps: the first step writes in place.
-            whole = tensors[0].new_empty((sum(t.shape[0] for t in tensors), tensors[0].shape[1],
-                                          width + layer.spare, tensors[0].shape[-1]))
-            start = 0
-            for t in tensors:
-                whole[start:start + t.shape[0], :, :width - t.shape[-2]] = 0
-                whole[start:start + t.shape[0], :, width - t.shape[-2]:width] = t
-                start += t.shape[0]
-            buffers.append(whole)
-        layer.adopt(*buffers, width)
+    for parts in zip(*(_caches(c) for c in caches)):  # a wrapper's groups: part by part
+        for index, layer in enumerate(parts[0].layers):
+            buffers = []
+            for name in ("keys", "values"):
+                tensors = [getattr(c.layers[index], name) for c in parts]
+                # Room for the steps to come, as _GrowingLayer keeps: the first step writes in place.
+                whole = tensors[0].new_empty((sum(t.shape[0] for t in tensors), tensors[0].shape[1],
+                                              width + layer.spare, tensors[0].shape[-1]))
+                start = 0
+                for t in tensors:
+                    whole[start:start + t.shape[0], :, :width - t.shape[-2]] = 0
+                    whole[start:start + t.shape[0], :, width - t.shape[-2]:width] = t
+                    start += t.shape[0]
+                buffers.append(whole)
+            layer.adopt(*buffers, width)
     mask = torch.cat([torch.nn.functional.pad(m, (width - m.shape[1], 0)) for m in masks])
     return joined, mask
 
 
 def _new_cache(model):
-    """A full-attention KV cache whose layers grow in place (``_GrowingLayer``)."""
-    from transformers import DynamicCache
+    """A full-attention KV cache whose layers grow in place (``_GrowingLayer``); for a wrapper model, its own
+    cache with every part's layers so."""
+    from obliviate.models.wrappers import new_cache
 
-    cache = DynamicCache(config=model.config)
-    cache.layers = [_growing_layer_class()() for _ in cache.layers]
+    cache = new_cache(model)
+    for part in _caches(cache):
+        part.layers = [_growing_layer_class()() for _ in part.layers]
     return cache
 
 
@@ -373,6 +389,7 @@ def _trim(cache, mask):
     first = int(mask.any(dim=0).int().argmax())
     if first == 0:
         return cache, mask
-    for layer in cache.layers:
-        layer.drop_leading(first)
+    for part in _caches(cache):
+        for layer in part.layers:
+            layer.drop_leading(first)
     return cache, mask[:, first:]

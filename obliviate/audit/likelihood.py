@@ -14,9 +14,14 @@ from obliviate.progress import progress_bar
 
 def token_nll(model, input_ids, attention_mask):
     """Per-token NLL of each next token, shape (batch, length - 1); zero where the target is padding."""
+    return nll_of_logits(model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids, attention_mask)
+
+
+def nll_of_logits(logits, input_ids, attention_mask):
+    """:func:`token_nll` from the model's logits over the batch."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    logits = logits.float()
     batch, length, vocabulary = logits.shape
     # Over contiguous rows (the last position's target is a stand-in, dropped): see losses.token_log_probs.
     targets = F.pad(input_ids[:, 1:], (0, 1))

@@ -20,11 +20,16 @@ A wrapper model class (one per kind, registered in ``KINDS`` by a lazy import pa
 * ``from_parts(parts, options)``: a classmethod that rebuilds it from loaded parts, validating the options;
 * optionally ``save_wrapper_files(directory)`` and ``load_wrapper_files(directory, tokenizer)``: files of its own
   beside the parts (ECO's prompt classifier), written before the marker and read after ``from_parts``;
-* optionally ``make_cache()``: the KV cache its forward expects (see ``new_cache``).
+* optionally ``make_cache()``: the KV cache its forward expects (see ``new_cache``); a cache that is one
+  ``DynamicCache`` per part (the first part's the object itself) lists the others with ``beside()``, which lets
+  obliviate's own batched decoding loop (``obliviate.audit.generation``) run the wrapper;
+* optionally ``generating``: a flag that is True while it generates (``generation_mode``), for a wrapper whose
+  logits when generating differ from its logits when scoring (ULD's and AntiExpert's relative-top set).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from pathlib import Path
@@ -90,6 +95,20 @@ def new_cache(model):
     from transformers import DynamicCache
 
     return DynamicCache(config=model.config)
+
+
+@contextlib.contextmanager
+def generation_mode(model):
+    """While inside, a wrapper that has a ``generating`` flag gives its generation-time logits (any other model is
+    left as it is); the flag is restored on leaving."""
+    if not hasattr(model, "generating"):
+        yield model
+        return
+    before, model.generating = model.generating, True
+    try:
+        yield model
+    finally:
+        model.generating = before
 
 
 def cache_argument() -> str:

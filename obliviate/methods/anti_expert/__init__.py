@@ -166,19 +166,66 @@ def document_losses_under(model, tokenizer, texts: list[str], batch_size: int = 
     return document_losses(model, tokenizer, texts, batch_size=batch_size, desc=None)
 
 
+class WeightFreeLosses:
+    """The wrapper's per-document losses (as ``document_losses`` gives them) at any ``expert_weight``, from one
+    forward pass of its parts: the combined logits are ``l_t + w * offset`` and neither term depends on the
+    weight, so both are kept (float32, every position of every batch) and a weight then costs a log-softmax, not
+    three forward passes. Calibration's bisection tries up to 13 weights. Above ``budget`` kept values per
+    tensor, nothing is kept and each call runs the wrapper at that weight."""
+
+    def __init__(self, wrapper, tokenizer, texts: list[str], batch_size: int = 8, budget: int = 2 ** 29):
+        import torch
+
+        from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+        from obliviate.methods.anti_expert.model import offset_logits
+
+        self.wrapper, self.tokenizer, self.texts, self.batch_size = wrapper, tokenizer, list(texts), batch_size
+        encoded = [tokenizer(text).input_ids for text in self.texts]
+        batches = list(longest_first_batches([len(ids) for ids in encoded], batch_size))
+        vocabulary = wrapper.config.get_text_config().vocab_size
+        self.kept = None
+        if sum(len(b) * max(len(encoded[i]) for i in b) for b in batches) * vocabulary > budget:
+            return
+        self.kept = []
+        device = next(wrapper.parameters()).device
+        with torch.no_grad():
+            for indices in batches:
+                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                target, reference, expert = wrapper.part_logits(input_ids, attention_mask)
+                offset = offset_logits(reference.logits, expert.logits, wrapper.offset, wrapper.margin)
+                self.kept.append((indices, target.logits.float(), offset, input_ids, attention_mask))
+
+    def __call__(self, weight: float) -> list[float]:
+        from obliviate.audit.likelihood import nll_of_logits
+
+        self.wrapper.expert_weight = weight
+        if self.kept is None:
+            return document_losses_under(self.wrapper, self.tokenizer, self.texts, self.batch_size)
+        losses = [0.0] * len(self.texts)
+        for indices, target, offset, input_ids, attention_mask in self.kept:
+            nll = nll_of_logits(target + weight * offset, input_ids, attention_mask)
+            counts = attention_mask[:, 1:].sum(dim=1).clamp(min=1)
+            for i, value in zip(indices, (nll.sum(dim=1) / counts).tolist()):
+                losses[i] = value
+        return losses
+
+
 def calibrate_weight(wrapper, tokenizer, references, low: float, high: float, tolerance: float = 0.01,
                      iterations: int = 12, calibration_losses: list[float] | None = None) -> dict:
     """Bisection on ``wrapper.expert_weight`` in [low, high] for mean forget loss = mean reference (the gap
     ``f(w) = mean_d L_w(d) - mean_d reference_w(d)`` rises with w); leaves the chosen weight on the wrapper and
     returns the search's record. ``calibration_losses``: a fixed model's losses on the calibration documents
-    (the target's) for the drift; None: the wrapper's own at each weight."""
+    (the target's) for the drift; None: the wrapper's own at each weight. The wrapper's losses come from one
+    forward pass of its parts (:class:`WeightFreeLosses`)."""
+    forget_losses = WeightFreeLosses(wrapper, tokenizer, references.texts)
+    served = None
+    if calibration_losses is None and references.calibration_texts:
+        served = WeightFreeLosses(wrapper, tokenizer, references.calibration_texts)
 
     def gap(weight: float) -> tuple[float, list[float], list[float]]:
-        wrapper.expert_weight = weight
-        losses = document_losses_under(wrapper, tokenizer, references.texts)
-        calibration = calibration_losses
-        if calibration is None and references.calibration_texts:
-            calibration = document_losses_under(wrapper, tokenizer, references.calibration_texts)
+        losses = forget_losses(weight)
+        calibration = served(weight) if served is not None else calibration_losses
         levels, _ = references.levels(calibration)
         return statistics.fmean(losses) - statistics.fmean(levels), losses, levels
 

@@ -40,6 +40,18 @@ PARTS = ("target", "reference", "expert")
 OFFSETS = ("full", "suppress")
 
 
+def offset_logits(reference_logits: torch.Tensor, expert_logits: torch.Tensor, offset_kind: str = "full",
+                  margin: float = 0.0) -> torch.Tensor:
+    """The offset that ``expert_weight`` scales, in float32: ``log_softmax(l_reference) - log_softmax(l_expert)``
+    soft-thresholded by ``margin``, its positive part dropped with ``"suppress"`` (see :func:`combine_logits`)."""
+    offset = F.log_softmax(reference_logits.float(), dim=-1) - F.log_softmax(expert_logits.float(), dim=-1)
+    if offset_kind == "suppress":
+        return (offset + margin).clamp(max=0.0)
+    if margin:
+        return offset.sign() * (offset.abs() - margin).clamp(min=0.0)
+    return offset
+
+
 def combine_logits(target_logits: torch.Tensor, reference_logits: torch.Tensor, expert_logits: torch.Tensor,
                    expert_weight: float, relative_top: float = 0.0, offset_kind: str = "full",
                    margin: float = 0.0) -> torch.Tensor:
@@ -47,12 +59,8 @@ def combine_logits(target_logits: torch.Tensor, reference_logits: torch.Tensor, 
     soft-thresholded by ``margin`` (each log-ratio moved ``margin`` nats towards 0, stopping at 0), and with
     ``"suppress"`` its positive part dropped; tokens outside the target's relative-top set at -inf when
     ``relative_top > 0`` (what generation uses)."""
-    offset = F.log_softmax(reference_logits.float(), dim=-1) - F.log_softmax(expert_logits.float(), dim=-1)
-    if offset_kind == "suppress":
-        offset = (offset + margin).clamp(max=0.0)
-    elif margin:
-        offset = offset.sign() * (offset.abs() - margin).clamp(min=0.0)
-    logits = target_logits.float() + expert_weight * offset
+    logits = target_logits.float() + expert_weight * offset_logits(reference_logits, expert_logits, offset_kind,
+                                                                   margin)
     if relative_top > 0:
         from obliviate.methods.uld.model import relative_top_filtered
 
@@ -92,6 +100,9 @@ class PartsCache(DynamicCache):
         super().batch_select_indices(indices)
         for cache in self.others:
             cache.batch_select_indices(indices)
+
+    def beside(self) -> list:
+        return list(self.others)
 
 
 def check_options(expert_weight, relative_top, offset: str = "full", margin: float = 0.0) -> None:
@@ -175,17 +186,14 @@ class AntiExpertModel(PreTrainedModel, GenerationMixin):
         return type(target)(loss=loss, logits=logits, **rest)
 
     def generate(self, *args, **kwargs):
-        from obliviate.models.wrappers import cache_argument
+        from obliviate.models.wrappers import cache_argument, generation_mode
 
         name = cache_argument()
         config = kwargs.get("generation_config") or self.generation_config
         if kwargs.get(name) is None and kwargs.get("use_cache", config.use_cache) is not False:
             kwargs[name] = self.make_cache()
-        self.generating = True
-        try:
+        with generation_mode(self):
             return super().generate(*args, **kwargs)
-        finally:
-            self.generating = False
 
     def save_pretrained(self, *args, **kwargs):
         raise TypeError("an AntiExpert wrapper is saved with obliviate.models.loading.save_model (a wrapper directory)")

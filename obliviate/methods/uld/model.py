@@ -93,6 +93,9 @@ class PairedCache(DynamicCache):
         super().batch_select_indices(indices)
         self.assistant.batch_select_indices(indices)
 
+    def beside(self) -> list:
+        return [self.assistant]
+
 
 class ULDModel(PreTrainedModel, GenerationMixin):
     """The target and the assistant, called like one causal LM: ``forward`` returns the combined logits (and the
@@ -156,17 +159,14 @@ class ULDModel(PreTrainedModel, GenerationMixin):
         return type(target_output)(loss=loss, logits=logits, **rest)  # the cache, under this version's name
 
     def generate(self, *args, **kwargs):
-        from obliviate.models.wrappers import cache_argument
+        from obliviate.models.wrappers import cache_argument, generation_mode
 
         name = cache_argument()
         config = kwargs.get("generation_config") or self.generation_config
         if kwargs.get(name) is None and kwargs.get("use_cache", config.use_cache) is not False:
             kwargs[name] = self.make_cache()  # transformers' default cache would hold the target's layers only
-        self.generating = True
-        try:
+        with generation_mode(self):
             return super().generate(*args, **kwargs)
-        finally:
-            self.generating = False
 
     def save_pretrained(self, *args, **kwargs):
         raise TypeError("a ULD wrapper is saved with obliviate.models.loading.save_model (a wrapper directory)")
