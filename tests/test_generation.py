@@ -170,3 +170,4 @@ def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_pro
         if drafts is expected:
             assert steps["count"] == 0
     assert theirs != expected  # the perturbed copy really departs from the model somewhere
+

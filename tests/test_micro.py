@@ -94,6 +94,38 @@ def test_batched_generation_equals_sequential_on_the_micro_target(micro_models):
     assert batched == sequential
 
 
+def test_evaluation_drafted_from_another_models_results_generates_the_same(micro_models):
+    """``evaluate(drafts_from=...)``: another model's continuations, tokenised again, are drafts; the generations
+    are this model's own whatever the drafts, and its own results as drafts leave few steps to decode."""
+    import torch
+
+    from obliviate.audit.evaluate import EvaluationData, evaluate
+
+    micro, _ = micro_models
+    benchmark = load_bundled()
+    data = EvaluationData(forget=benchmark.forget[:6], retain=benchmark.retain[:4], utility=benchmark.utility[:4])
+    settings = {"max_new_tokens": 32, "batch_size": 8}
+    own = evaluate(micro.target, micro.tokenizer, data, **settings)
+    theirs = evaluate(micro.oracle, micro.tokenizer, data, **settings)
+    assert theirs["generations"] != own["generations"]
+    steps, counts = {"count": 0}, {}
+
+    def count(module, args, kwargs):
+        steps["count"] += kwargs["input_ids"].shape[1] == 1
+
+    handle = micro.target.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        for name, source in (("none", None), ("theirs", theirs), ("own", own)):
+            steps["count"] = 0
+            with torch.no_grad():
+                drafted = evaluate(micro.target, micro.tokenizer, data, drafts_from=source, **settings)
+            assert drafted["generations"] == own["generations"]
+            counts[name] = steps["count"]
+    finally:
+        handle.remove()
+    assert counts["own"] < counts["none"] / 4, counts
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(micro_models, tmp_path, capsys):
     from obliviate.cli import main

@@ -29,9 +29,13 @@ class EvaluationData:
 
 
 def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 256, batch_size: int = 16,
-             desc: str = "") -> dict:
-    """``evaluation_results.json`` content for one model: official keys, utility, generations, losses."""
-    from obliviate.audit.generation import generate
+             desc: str = "", drafts_from: dict | None = None) -> dict:
+    """``evaluation_results.json`` content for one model: official keys, utility, generations, losses.
+
+    ``drafts_from``: this function's results for the model this one was made from (the target an unlearning
+    method started from); its continuations, tokenised again, are this model's drafts (``generate_tokens``):
+    the generations are the same, and fewer decoding steps are taken where the two models agree."""
+    from obliviate.audit.generation import generate, text_drafts
     from obliviate.audit.likelihood import document_losses
     from obliviate.audit.utility import mmlu_accuracy, utility_set_score
     from obliviate.distributed import shard_map
@@ -42,10 +46,16 @@ def evaluate(model, tokenizer, data: EvaluationData, *, max_new_tokens: int = 25
     if data.utility:
         sets["utility"] = data.utility
     probes = [p for name in sets for p in sets[name]]
+    drafts = [None] * len(probes)
+    if drafts_from is not None:
+        known = {(name, row["id"]): row["model_output"] for name, rows in drafts_from["generations"].items()
+                 for row in rows}
+        drafts = text_drafts(tokenizer, [known.get((name, p.id)) for name in sets for p in sets[name]])
     # Under ``accelerate launch`` each process handles a shard of the probes and documents; results are gathered.
-    outputs = shard_map(lambda prompts: generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                                 batch_size=batch_size, desc=f"{label}generating"),
-                        [p.input for p in probes])
+    outputs = shard_map(lambda chunk: generate(model, tokenizer, [prompt for prompt, _ in chunk],
+                                               max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                               desc=f"{label}generating", drafts=[draft for _, draft in chunk]),
+                        list(zip([p.input for p in probes], drafts)))
     generations: dict[str, list[Generation]] = {}
     position = 0
     for name, members in sets.items():

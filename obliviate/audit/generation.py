@@ -67,11 +67,18 @@ def is_plain_greedy(config) -> bool:
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 16,
-             desc: str | None = "generating") -> list[str]:
+             desc: str | None = "generating", drafts: Sequence[Sequence[int] | None] | None = None) -> list[str]:
     """Greedy continuations of ``prompts``, in order, decoded as the official scorer decodes them (see
-    :func:`generate_tokens`)."""
+    :func:`generate_tokens`, which also says what ``drafts`` are)."""
     return [official_decode(tokenizer, tokens) for tokens in generate_tokens(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc)]
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc=desc, drafts=drafts)]
+
+
+def text_drafts(tokenizer, texts: Sequence[str | None]) -> list[list[int] | None]:
+    """Drafts (:func:`generate_tokens`) from continuations decoded as text (another model's generations), tokenised
+    again without special tokens. Where the decoding's clean-up or an unusual split changed the tokens, the draft
+    departs there and only decoding from that point on is spent."""
+    return [None if text is None else tokenizer(text, add_special_tokens=False).input_ids for text in texts]
 
 
 def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 256, batch_size: int = 16,

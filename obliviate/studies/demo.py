@@ -109,9 +109,9 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                                mmlu_dir=Path(mmlu) if mmlu else None, mmlu_limit=mmlu_limit)
     steps_scale = defaults_steps_scale(len(test.forget))
 
-    def audit(name: str, model, tokenizer) -> dict:
+    def audit(name: str, model, tokenizer, drafts_from: dict | None = None) -> dict:
         return evaluate(model, tokenizer, eval_data, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                        desc=name)
+                        desc=name, drafts_from=drafts_from)
 
     aims: dict = {}
     load_base = loadable_base(base_dir, cache_dir) if base_dir is not None else None  # GGUF: dequantised once
@@ -159,7 +159,9 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
                                      reference_loader=lambda: load_model(micro.paths["target"], device=None).model,
                                      base_loader=(lambda: load_model(load_base, device=None).model) if base_dir
                                      else None, calibration=test.calibration)
-                    return {"evaluation": audit(label, result.model, micro.tokenizer), "record": result.record}
+                    # the target's continuations are the unlearned model's drafts: where they agree, no decoding
+                    return {"evaluation": audit(label, result.model, micro.tokenizer, drafts_from=target_eval),
+                            "record": result.record}
 
                 done = remembered(label, run)
                 results, record = done["evaluation"], done["record"]
