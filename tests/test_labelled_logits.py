@@ -67,11 +67,12 @@ def test_packed_rows_compute_real_tokens_and_the_head_where_read_with_every_loss
     # One packed row of the real tokens; the head only at the positions before a labelled token.
     assert body == (1, int(args[1].sum())) and body[1] < args[0].numel()
     assert head == (1, int((labels[:, 1:] != IGNORE_INDEX).sum()))
-    assert cut.shape == whole.shape
+    start = int((labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 1].min())
+    assert start > 0 and cut.shape == (*whole.shape[:1], whole.shape[1] - start, whole.shape[2])
     _same_losses(cut, cut_labels, whole, labels, other_cut, other_whole)
 
 
-def test_a_model_that_would_attend_across_rows_is_run_padded(tiny_tokenizer, bundled_probes):
+def test_a_model_that_would_attend_across_rows_is_run_padded(tiny_tokenizer, bundled_probes, monkeypatch):
     model = build_tiny_model(tiny_tokenizer)
 
     class NoPositions(torch.nn.Module):  # takes position ids and drops them: packed rows would see each other
@@ -91,6 +92,15 @@ def test_a_model_that_would_attend_across_rows_is_run_padded(tiny_tokenizer, bun
         whole, _ = _whole(model, *args)
     assert inference._PACKING[wrapped] is False
     _same_losses(cut, cut_labels, whole, args[2], cut, whole)
+    # A model that packs beside one that does not (a KL-type loss's two models): their logits pair.
+    forget = batch["forget_input_ids"], batch["forget_attention_mask"], batch["forget_labels"]
+    packing = build_tiny_model(tiny_tokenizer, seed=1)
+    monkeypatch.setattr(inference, "_packing_pays", lambda model, mask: True)
+    with torch.no_grad():
+        padded, padded_labels = inference.labelled_logits(wrapped, *forget)
+        packed, packed_labels = inference.labelled_logits(packing, *forget)
+    assert inference._PACKING[packing] and packed.shape == padded.shape and torch.equal(packed_labels, padded_labels)
+    _same_losses(padded, padded_labels, _whole(model, *forget)[0], forget[2], packed, _whole(packing, *forget)[0])
 
 
 def test_a_model_without_logits_to_keep_or_position_ids_is_cut_to_the_same(tiny_tokenizer, bundled_probes):

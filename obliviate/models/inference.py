@@ -28,7 +28,8 @@ def labelled_logits(model, input_ids, attention_mask, labels):
     * **packed rows**: the rows' tokens, without their padding, run as one sequence whose position ids restart at
       each row (transformers then masks attention to within a row, as for packed training data), and the LM head,
       a vocabulary-wide product per position, runs only at the positions read (``logits_to_keep`` as indices).
-      Their logits are written back into a zero tensor of the padded shape. A batch of one long document and
+      Their logits are written back into a zero tensor of the padded layout from that position on (what the
+      other way returns, so two models' logits pair whichever way each ran). A batch of one long document and
       short questions computes its real tokens, not four times the document's length. Used where it costs fewer
       operations than the padded batch (``_packing_pays``: attention then spans the whole packed row, so a batch
       of rows of one length is left padded) and once the first call with this model has shown that packed rows
@@ -39,16 +40,17 @@ def labelled_logits(model, input_ids, attention_mask, labels):
     from obliviate.losses import IGNORE_INDEX
 
     rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    start = int(columns.min()) if len(rows) else 0
     right_padded = bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all())
     # Asked on every call, so that the first call checks whatever its batch: under FSDP or ZeRO-3 every process
     # then runs the check's passes at the same step (a pass gathers weights from all of them).
     packs = _packs(model, input_ids, attention_mask)
     if packs and len(rows) and right_padded and _packing_pays(model, attention_mask):
         logits = _packed_logits(model, input_ids, attention_mask, rows, columns)
-        read = logits.new_zeros(*input_ids.shape, logits.shape[-1])
-        read[rows, columns] = logits
-        return read, labels
-    start = int(columns.min()) if len(rows) else 0
+        # from the same column as the padded layout's cut, so that two models' logits pair whichever way each ran
+        read = logits.new_zeros(input_ids.shape[0], input_ids.shape[1] - start, logits.shape[-1])
+        read[rows, columns - start] = logits
+        return read, labels[:, start:]
     if start == 0:
         return model(input_ids=input_ids, attention_mask=attention_mask).logits, labels
     if takes(model, "logits_to_keep"):
