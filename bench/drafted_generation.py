@@ -4,7 +4,7 @@ with the target's continuations as drafts (what ``obliviate demo`` now passes, `
 
 Usage: python bench/drafted_generation.py --model DIR --target DIR [--benchmark realistic] [--rounds 1]
                                           [--modes transformers,loop,drafts] [--batch-size 32]
-                                          [--max-new-tokens 256]
+                                          [--max-new-tokens 256] [--probes N]
 
 ``--model``: a model or wrapper directory (e.g. an AntiExpert result saved by ``obliviate unlearn``);
 ``--target``: the model it was made from, whose continuations are the drafts (generated once, before the
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--probes", type=int, help="every n-th probe, so that this many remain (default: all)")
     args = parser.parse_args()
 
     import torch
@@ -41,6 +42,8 @@ def main() -> None:
 
     _, test = split_benchmark(benchmark_from(None, base="bundled", name=args.benchmark))
     prompts = [p.input for name in ("forget", "retain", "utility") for p in getattr(test, name)]
+    if args.probes and args.probes < len(prompts):  # spread over the three sets, in their proportions
+        prompts = [prompts[round(i * len(prompts) / args.probes)] for i in range(args.probes)]
     loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     target = load_model(args.target).model
