@@ -134,14 +134,17 @@ def test_a_buffer_replaced_during_generation_does_not_stop_later_training(tiny_t
         model(input_ids=ids, labels=ids).loss.backward()  # an inference tensor saved for backward would raise
 
 
-def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_probes):
+@pytest.mark.parametrize("first_check", [32, 4])
+def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_probes, monkeypatch, first_check):
     """A draft is checked in one pass and decoding goes on where the model leaves it: whatever the drafts (the
     model's own continuations, a perturbed copy's, wrong tokens, cut short, missing), the result is the greedy
     continuation, and the model's own drafts need no decoding step at all."""
     import copy
 
+    import obliviate.audit.generation as generation
     from obliviate.audit.generation import generate_tokens, official_decode
 
+    monkeypatch.setattr(generation, "FIRST_CHECK", first_check)  # 4: drafts checked in two passes
     probes = bundled_probes["forget"][:6] + bundled_probes["utility"][:4]
     prompts = [p.input for p in probes]
     expected = generate_tokens(tiny_model, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4)
@@ -153,14 +156,15 @@ def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_pro
             parameter.add_(torch.randn_like(parameter) * 0.02, alpha=1.0)
     theirs = generate_tokens(perturbed, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4)
     wrong = [[(t + 1) % tiny_tokenizer.vocab_size for t in tokens] for tokens in expected]
-    steps = {"count": 0}
+    steps = {"count": 0, "widest": 0}
 
     def count(module, args, kwargs):
         steps["count"] += kwargs["input_ids"].shape[1] == 1
+        steps["widest"] = max(steps["widest"], kwargs["input_ids"].shape[1])
 
     for drafts in (expected, theirs, wrong, [tokens[:3] for tokens in expected],
                    [None if i % 2 else tokens for i, tokens in enumerate(theirs)]):
-        steps["count"] = 0
+        steps.update(count=0, widest=0)
         handle = tiny_model.register_forward_pre_hook(count, with_kwargs=True)
         try:
             assert generate_tokens(tiny_model, tiny_tokenizer, prompts, max_new_tokens=14, batch_size=4,
@@ -169,5 +173,8 @@ def test_drafts_only_save_decoding_steps(tiny_model, tiny_tokenizer, bundled_pro
             handle.remove()
         if drafts is expected:
             assert steps["count"] == 0
+        if drafts is wrong:  # left at its first token: checked no further than the first pass's head
+            longest = max(len(tiny_tokenizer(prompt).input_ids) for prompt in prompts)
+            assert steps["widest"] == longest + min(first_check, 14)
     assert theirs != expected  # the perturbed copy really departs from the model somewhere
 

@@ -117,12 +117,11 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
             todo = list(range(len(prompts)))
             limits = [config.max_new_tokens] * len(prompts)
             if own_loop and drafts is not None:
-                checked = [i for i in todo if drafts[i]]
-                accepted = _accepted_drafts(model, [encoded[i] for i in checked],
-                                            [list(drafts[i])[:config.max_new_tokens] for i in checked],
-                                            pad_id, config, device, batch_size)
+                checked = {i: list(drafts[i])[:config.max_new_tokens] for i in todo if drafts[i]}
+                settled = _checked_drafts(model, {i: encoded[i] for i in checked}, checked, pad_id, config, device,
+                                          batch_size)
                 finished = set()
-                for i, (tokens, ended) in zip(checked, accepted):
+                for i, (tokens, ended) in settled.items():
                     outputs[i] = tokens
                     if ended:
                         finished.add(i)
@@ -260,6 +259,26 @@ def _greedy_batch(model, sequences: Sequence[Sequence[int]], pad_id: int, config
         positions = positions + 1
         logits = model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
                        use_cache=True, **{cache_name: cache}).logits[:, -1]
+
+
+FIRST_CHECK = 32  # draft tokens checked first; the rest only where all of these were the model's own
+
+
+def _checked_drafts(model, sequences: dict, drafts: dict, pad_id: int, config, device,
+                    batch_size: int) -> dict:
+    """:func:`_accepted_drafts` in two passes: the first :data:`FIRST_CHECK` tokens of every draft, then the
+    whole draft where the model kept all of them and the draft goes on as the model does. A draft the model leaves
+    early (another model's continuation of text it unlearnt) then costs a few dozen tokens' forward pass, not its
+    whole length; one it keeps costs its prompt and head twice."""
+    heads = {i: draft[:FIRST_CHECK] for i, draft in drafts.items()}
+    settled = dict(zip(heads, _accepted_drafts(model, [sequences[i] for i in heads], list(heads.values()), pad_id,
+                                               config, device, batch_size)))
+    again = [i for i, (tokens, ended) in settled.items()
+             if not ended and len(drafts[i]) > len(heads[i]) and tokens == drafts[i][:len(heads[i]) + 1]]
+    if again:
+        settled.update(zip(again, _accepted_drafts(model, [sequences[i] for i in again], [drafts[i] for i in again],
+                                                   pad_id, config, device, batch_size)))
+    return settled
 
 
 def _accepted_drafts(model, sequences: Sequence[Sequence[int]], drafts: Sequence[Sequence[int]], pad_id: int,
