@@ -26,17 +26,11 @@ def main() -> None:
 
     from obliviate.models.loading import load_model
     from obliviate.studies.demo import method_entry, with_kind_options
-    from obliviate.studies.targets import (benchmark_from, build_micro_models, fine_tune_recipe, loadable_base,
-                                           resolve_base)
-    from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
+    from obliviate.studies.tune import defaults_steps_scale, scaled_steps
     from obliviate.training.unlearn import unlearn
+    from realistic_tier import load_tier
 
-    benchmark = benchmark_from(None, base="bundled", name="realistic")
-    validation, _ = split_benchmark(benchmark, None)
-    base_dir = resolve_base("bundled", "realistic")
-    micro = build_micro_models(benchmark, fine_tune_recipe(benchmark.kind, 0), cache_dir=args.cache_dir,
-                               log=lambda message: None, base=base_dir)
-    load_base = loadable_base(base_dir, args.cache_dir)
+    validation, _, micro, load_base = load_tier(args.cache_dir)
     options = [f"learning_rate={args.learning_rate}", "calibrate=false", f"seed={args.seed}"]
     if args.max_steps:
         options.append(f"max_steps={args.max_steps}")

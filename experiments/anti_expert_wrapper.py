@@ -22,25 +22,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import dataclasses
-
     from obliviate.models.loading import load_model, save_model
     from obliviate.studies.demo import method_entry, with_kind_options
-    from obliviate.studies.targets import (benchmark_from, build_micro_models, fine_tune_recipe, loadable_base,
-                                           resolve_base)
-    from obliviate.studies.tune import defaults_steps_scale, scaled_steps, split_benchmark
+    from obliviate.studies.tune import defaults_steps_scale, scaled_steps
     from obliviate.training.unlearn import unlearn
+    from realistic_tier import load_tier
 
-    benchmark = benchmark_from(None, base="bundled", name="realistic")
-    _, test = split_benchmark(benchmark, None)
-    base_dir = resolve_base("bundled", "realistic")
-    micro = build_micro_models(benchmark, fine_tune_recipe(benchmark.kind, 0), cache_dir=args.cache_dir,
-                               log=lambda message: None, base=base_dir)
-    load_base = loadable_base(base_dir, args.cache_dir)
-    run_plan = method_entry(with_kind_options(" ".join(["AntiExpert", *args.options.split()]), "realistic"))
-    run_plan = scaled_steps(dataclasses.replace(run_plan, training=dataclasses.replace(run_plan.training,
-                                                                                      seed=args.seed)),
-                            defaults_steps_scale(len(test.forget)))
+    _, test, micro, load_base = load_tier(args.cache_dir)
+    entry = " ".join(["AntiExpert", *args.options.split(), f"seed={args.seed}"])
+    run_plan = scaled_steps(method_entry(with_kind_options(entry, "realistic")), defaults_steps_scale(len(test.forget)))
     result = unlearn(load_model(micro.paths["target"], device=None).model, micro.tokenizer, test.forget, test.retain,
                      run_plan, base_loader=lambda: load_model(load_base, device=None).model,
                      calibration=test.calibration)
