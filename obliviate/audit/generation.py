@@ -93,9 +93,10 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str], *, max_new_tokens:
     repetition penalty), or whose cache is not a plain full-attention one, are batched with ``model.generate``.
 
     ``drafts``: per prompt, a continuation this model is likely to generate (None: no guess), such as the
-    greedy output of the model it was copied from. With the batched loop, each draft is checked in one forward
-    pass over prompt and draft (:func:`_accepted_drafts`, speculative decoding with a draft known in advance);
-    the tokens up to the first where the model's own greedy choice differs are kept, with its own choice there,
+    greedy output of the model it was copied from. With the batched loop, each draft is checked in a forward
+    pass over prompt and draft (:func:`_accepted_drafts`, speculative decoding with a draft known in advance; its
+    first tokens first, :func:`_checked_drafts`); the tokens up to the first where the model's own greedy
+    choice differs are kept, with its own choice there,
     and only the rows that have not ended are decoded on from that point. The result is the greedy
     continuation either way; a draft only saves decoding steps.
     """
