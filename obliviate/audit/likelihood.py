@@ -29,23 +29,35 @@ def nll_of_logits(logits, input_ids, attention_mask):
     return nll[:, :-1] * attention_mask[:, 1:]
 
 
+def document_batches(tokenizer, texts: Sequence[str], batch_size: int):
+    """``(indices, input_ids, attention_mask)`` per batch: the texts tokenised with the tokenizer's defaults, in
+    right-padded batches of similar length (:func:`longest_first_batches`)."""
+    encoded = [tokenizer(text).input_ids for text in texts]
+    for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
+        input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+        yield indices, input_ids, attention_mask
+
+
+def per_document_means(nll, attention_mask) -> list[float]:
+    """Each row's mean of :func:`token_nll` over its real next tokens."""
+    return (nll.sum(dim=1) / attention_mask[:, 1:].sum(dim=1).clamp(min=1)).tolist()
+
+
 def document_losses(model, tokenizer, texts: Sequence[str], *, batch_size: int = 8,
                     desc: str | None = "document losses") -> list[float]:
     """Mean token NLL of each text, tokenised with the tokenizer's defaults, in input order."""
     import torch
 
-    encoded = [tokenizer(text).input_ids for text in texts]
     losses = [0.0] * len(texts)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), progress_bar(total=len(texts), desc=desc, unit="doc") as bar:
-            for indices in longest_first_batches([len(ids) for ids in encoded], batch_size):
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
-                nll = token_nll(model, input_ids.to(device), attention_mask.to(device))
-                counts = attention_mask[:, 1:].sum(dim=1).clamp(min=1).to(device)
-                for i, value in zip(indices, (nll.sum(dim=1) / counts).tolist()):
+            for indices, input_ids, attention_mask in document_batches(tokenizer, texts, batch_size):
+                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+                nll = token_nll(model, input_ids, attention_mask)
+                for i, value in zip(indices, per_document_means(nll, attention_mask)):
                     losses[i] = value
                 bar.update(len(indices))
     finally:

@@ -176,28 +176,26 @@ class WeightFreeLosses:
     def __init__(self, wrapper, tokenizer, texts: list[str], batch_size: int = 8, budget: int = 2 ** 29):
         import torch
 
-        from obliviate.batching import longest_first_batches, pad_id_of, pad_sequences
+        from obliviate.audit.likelihood import document_batches
         from obliviate.methods.anti_expert.model import offset_logits
 
         self.wrapper, self.tokenizer, self.texts, self.batch_size = wrapper, tokenizer, list(texts), batch_size
-        encoded = [tokenizer(text).input_ids for text in self.texts]
-        batches = list(longest_first_batches([len(ids) for ids in encoded], batch_size))
+        batches = list(document_batches(tokenizer, self.texts, batch_size))
         vocabulary = wrapper.config.get_text_config().vocab_size
         self.kept = None
-        if sum(len(b) * max(len(encoded[i]) for i in b) for b in batches) * vocabulary > budget:
+        if sum(input_ids.numel() for _, input_ids, _ in batches) * vocabulary > budget:
             return
         self.kept = []
         device = next(wrapper.parameters()).device
         with torch.no_grad():
-            for indices in batches:
-                input_ids, attention_mask = pad_sequences([encoded[i] for i in indices], pad_id_of(tokenizer))
+            for indices, input_ids, attention_mask in batches:
                 input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
                 target, reference, expert = wrapper.part_logits(input_ids, attention_mask)
                 offset = offset_logits(reference.logits, expert.logits, wrapper.offset, wrapper.margin)
                 self.kept.append((indices, target.logits.float(), offset, input_ids, attention_mask))
 
     def __call__(self, weight: float) -> list[float]:
-        from obliviate.audit.likelihood import nll_of_logits
+        from obliviate.audit.likelihood import nll_of_logits, per_document_means
 
         self.wrapper.expert_weight = weight
         if self.kept is None:
@@ -205,8 +203,7 @@ class WeightFreeLosses:
         losses = [0.0] * len(self.texts)
         for indices, target, offset, input_ids, attention_mask in self.kept:
             nll = nll_of_logits(target + weight * offset, input_ids, attention_mask)
-            counts = attention_mask[:, 1:].sum(dim=1).clamp(min=1)
-            for i, value in zip(indices, (nll.sum(dim=1) / counts).tolist()):
+            for i, value in zip(indices, per_document_means(nll, attention_mask)):
                 losses[i] = value
         return losses
 
