@@ -11,7 +11,7 @@ from obliviate.studies.topic import BUNDLED_TOPICS, TopicProbe, answer_log_probs
 
 
 def test_bundled_topics_load_and_share_no_answers():
-    topics = {name: load_topic(name) for name in BUNDLED_TOPICS}
+    topics = {name: load_topic(name) for name in BUNDLED_TOPICS if name != "other-fiction"}
     assert topics["harry-potter"].forget_text and topics["harry-potter"].anchors
     answers = {name: {a.lower() for p in t.probes for a in p.answers} for name, t in topics.items()}
     assert not answers["harry-potter"] & answers["control"] and not answers["harry-potter"] & answers["invented"]
@@ -36,12 +36,37 @@ def test_generic_texts_keep_wikipedia_out_of_the_retain_set():
     assert error.value.field == "heldout_count"
 
 
+def test_the_bundled_retain_topic_holds_no_answer_the_study_measures():
+    """other-fiction is fiction to keep: training on it must not teach the control's answers (the control would then
+    measure its own retain set) nor hold the forgotten topic's."""
+    import re
+
+    kept = load_topic("other-fiction", needs_retain_text=True, needs_probes=False)
+    assert len(kept.retain_text) >= 10 and not kept.probes
+    text = " ".join(kept.retain_text)
+    for name in ("control", "harry-potter"):
+        for probe in load_topic(name).probes:
+            for answer in probe.answers:
+                assert not re.search(rf"\b{re.escape(answer)}\b", text, re.IGNORECASE), (name, answer)
+    with pytest.raises(InputError, match="probes"):
+        load_topic("other-fiction")  # measured topics need probes
+
+
+def test_a_retain_topic_needs_its_text(tmp_path):
+    path = tmp_path / "topic.json"
+    path.write_text('{"name": "x"}')
+    with pytest.raises(InputError, match="retain text") as error:
+        load_topic(str(path), needs_retain_text=True, needs_probes=False)
+    assert error.value.field == "retain_text"
+
+
 @pytest.mark.parametrize("content, field", [
     ('{"probes": []}', "probes"),
     ('{"probes": [{"prompt": "x"}]}', "probes[0].answers"),
     ('{"probes": [{"prompt": "", "answers": ["a"]}]}', "probes[0]"),
     ('{"probes": [{"prompt": "x", "answers": ["a"]}], "forget_text": [""]}', "forget_text"),
     ('{"probes": [{"prompt": "x", "answers": ["a"]}], "anchors": {"a": 1}}', "anchors"),
+    ('{"probes": [{"prompt": "x", "answers": ["a"]}], "retain_text": "one"}', "retain_text"),
 ])
 def test_bad_topic_files_name_file_and_field(tmp_path, content, field):
     path = tmp_path / "topic.json"
@@ -98,6 +123,28 @@ def test_topic_command_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "topic familiarity (down" in printed.out and "wall time" in printed.out
     assert len(results["runs"]["GradDiff max_steps=1"][0]["topic"]["probes"]) == len(
         load_topic("harry-potter").probes)
+
+
+def test_a_retain_topic_joins_every_methods_retain_set(tiny_model_dir, tmp_path, monkeypatch):
+    import obliviate.training.unlearn as unlearn_module
+    from obliviate.cli import main
+
+    seen = []
+    real = unlearn_module.unlearn
+
+    def spy(model, tokenizer, forget, retain, *args, **kwargs):
+        seen.append([probe.training_text for probe in retain])
+        return real(model, tokenizer, forget, retain, *args, **kwargs)
+
+    monkeypatch.setattr(unlearn_module, "unlearn", spy)
+    kept = tmp_path / "kept.json"
+    kept.write_text(json.dumps({"retain_text": ["Paragraph one to keep.", "Paragraph two to keep."]}))
+    assert main(["topic", "--model", str(tiny_model_dir), "--method", "GradDiff", "max_steps=1", "--seeds", "0",
+                 "--max-new-tokens", "2", "--retain-topic", str(kept), "--out", str(tmp_path / "out")]) == 0
+    (retain,) = seen
+    assert len(retain) == 32 + 2 and retain[-2:] == ["Paragraph one to keep.", "Paragraph two to keep."]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["retain_topic"] == str(kept)
 
 
 def test_topic_command_refuses_a_bad_topic_before_loading_anything(tiny_model_dir, tmp_path, capsys):

@@ -31,6 +31,9 @@ def add_parser(commands) -> None:
                        help=f"a topic the model must keep (default {defaults.control})")
     topic.add_argument("--unknown", default=defaults.unknown, metavar="TOPIC",
                        help=f"a topic the model never knew: the level to forget down to (default {defaults.unknown})")
+    topic.add_argument("--retain-topic", default=None, metavar="TOPIC",
+                       help="a topic file whose retain_text paragraphs join every method's retain set (bundled: "
+                            "other-fiction, well-known fiction none of whose works the control probes ask about)")
     add_method_option(topic, repeatable=True, default_help="default: " + ", ".join(defaults.methods))
     topic.add_argument("--seeds", default=",".join(map(str, defaults.seeds)), type=parse_int_list,
                        help="unlearning seeds per method (default " + ",".join(map(str, defaults.seeds)) + ")")
@@ -61,6 +64,6 @@ def run(args) -> int:
     settings = TopicSettings(model=model, forget=args.forget, control=args.control, unknown=args.unknown,
                              methods=method_entries(args) or list(defaults.methods), seeds=args.seeds,
                              max_new_tokens=args.max_new_tokens, max_steps=args.max_steps,
-                             max_length=args.max_length)
+                             max_length=args.max_length, retain_topic=args.retain_topic)
     run_topic(settings, out=args.out, overwrite=args.overwrite, command=command_line(), log=log_line)
     return 0

@@ -15,8 +15,8 @@ measured on three probe sets (the topic, a control topic it must keep, an invent
 
 and on general text: the mean token loss of ``heldout`` documents (Simple English Wikipedia articles, a kind of
 text the retain set does not hold; nats/token, lower is better; ideal: the model's own). Every method unlearns
-the forget text (one row per paragraph, loss on every token) with ``retain`` documents as its retain set, from a
-fresh copy of the model, once per seed.
+the forget text (one row per paragraph, loss on every token) with ``retain`` documents as its retain set (with
+``retain_topic``, a topic file's ``retain_text`` paragraphs too), from a fresh copy of the model, once per seed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 from obliviate.errors import InputError
 
-BUNDLED_TOPICS = ("harry-potter", "control", "invented")
+BUNDLED_TOPICS = ("harry-potter", "control", "invented", "other-fiction")
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,13 @@ class Topic:
     name: str
     probes: list[TopicProbe]
     forget_text: list[str] = field(default_factory=list)
+    retain_text: list[str] = field(default_factory=list)  # paragraphs to keep: a retain set (``retain_topic``)
     anchors: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
 
 def topic_path(name: str) -> Path:
-    """A bundled topic's file (``harry-potter``, ``control``, ``invented``) or the path itself."""
+    """A bundled topic's file (``BUNDLED_TOPICS``) or the path itself."""
     from importlib import resources
 
     if name in BUNDLED_TOPICS:
@@ -57,8 +58,10 @@ def topic_path(name: str) -> Path:
     return Path(name)
 
 
-def load_topic(name: str, *, needs_forget_text: bool = False) -> Topic:
-    """Read and check a topic file; every error names the file and the field (and the probe's index)."""
+def load_topic(name: str, *, needs_forget_text: bool = False, needs_retain_text: bool = False,
+               needs_probes: bool = True) -> Topic:
+    """Read and check a topic file; every error names the file and the field (and the probe's index). A topic
+    only used as a retain set (``needs_retain_text``) may have no probes."""
     path = topic_path(name)
     if not path.is_file():
         raise InputError(f"topic file not found (bundled: {', '.join(BUNDLED_TOPICS)})", path=path)
@@ -68,8 +71,8 @@ def load_topic(name: str, *, needs_forget_text: bool = False) -> Topic:
         raise InputError(f"invalid JSON ({error.msg})", path=path, line=error.lineno) from None
     if not isinstance(data, dict):
         raise InputError("expected a JSON object", path=path)
-    probes = data.get("probes")
-    if not isinstance(probes, list) or not probes:
+    probes = data.get("probes", [] if not needs_probes else None)
+    if not isinstance(probes, list) or (needs_probes and not probes):
         raise InputError("expected a non-empty list of probes", path=path, field="probes")
     checked = []
     for index, probe in enumerate(probes):
@@ -82,17 +85,20 @@ def load_topic(name: str, *, needs_forget_text: bool = False) -> Topic:
             raise InputError("expected a non-empty list of non-empty \"answers\"", path=path,
                              field=f"{where}.answers")
         checked.append(TopicProbe(probe["prompt"], tuple(answers)))
-    forget_text = data.get("forget_text", [])
-    if not isinstance(forget_text, list) or not all(isinstance(t, str) and t.strip() for t in forget_text):
-        raise InputError("expected a list of non-empty paragraphs", path=path, field="forget_text")
-    if needs_forget_text and not forget_text:
-        raise InputError("the topic to forget needs its forget text", path=path, field="forget_text")
+    texts = {}
+    for key, needed, role in (("forget_text", needs_forget_text, "the topic to forget"),
+                              ("retain_text", needs_retain_text, "a topic to retain")):
+        texts[key] = data.get(key, [])
+        if not isinstance(texts[key], list) or not all(isinstance(t, str) and t.strip() for t in texts[key]):
+            raise InputError("expected a list of non-empty paragraphs", path=path, field=key)
+        if needed and not texts[key]:
+            raise InputError(f"{role} needs its {key.replace('_', ' ')}", path=path, field=key)
     anchors = data.get("anchors", {})
     if not isinstance(anchors, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in anchors.items()):
         raise InputError("expected an object of term: replacement", path=path, field="anchors")
-    return Topic(name=str(data.get("name", path.stem)), probes=checked, forget_text=forget_text,
-                 anchors=anchors, path=path)
+    return Topic(name=str(data.get("name", path.stem)), probes=checked, forget_text=texts["forget_text"],
+                 retain_text=texts["retain_text"], anchors=anchors, path=path)
 
 
 def document_rows(texts: Sequence[str], prefix: str, task: str, split: str):
@@ -149,6 +155,9 @@ class TopicSettings:
     seeds: Sequence[int] = (0, 1)
     retain_count: int = 32  # LUME task texts of the bundled corpus as every method's retain set
     heldout_count: int = 24  # Simple English Wikipedia articles of the bundled corpus: the general-text loss
+    # a topic file whose retain_text paragraphs join the retain set (bundled: other-fiction, fiction none of whose
+    # works the control asks about); None: the corpus's texts alone
+    retain_topic: str | None = None
     max_new_tokens: int = 24
     # Every method's steps and row length unless its entry sets them: a 135M model trains about 110 tokens a
     # second on 2 CPU cores, so the methods' defaults (tuned on the micro benchmark's 6M-parameter model, up to 120
@@ -211,6 +220,8 @@ def run_topic(settings: TopicSettings, *, out: str | Path | None = None, overwri
         check_output_dir(out, overwrite)
     topics = {"topic": load_topic(settings.forget, needs_forget_text=True), "control": load_topic(settings.control),
               "unknown": load_topic(settings.unknown)}
+    kept = (load_topic(settings.retain_topic, needs_retain_text=True, needs_probes=False).retain_text
+            if settings.retain_topic else [])
     plans = {entry: method_entry(with_study_defaults(entry, settings)) for entry in settings.methods}
     anchors_file = None
     if topics["topic"].anchors:
@@ -224,7 +235,8 @@ def run_topic(settings: TopicSettings, *, out: str | Path | None = None, overwri
                 run_plan.method_config, anchors=str(anchors_file)))
     retain_texts, heldout = generic_texts(settings.retain_count, settings.heldout_count)
     forget = document_rows(topics["topic"].forget_text, "topic", "Topic", "forget")
-    retain = document_rows(retain_texts, "generic", "Retain", "retain")
+    retain = document_rows(retain_texts, "generic", "Retain", "retain") + document_rows(kept, "kept", "Retain",
+                                                                                        "retain")
     loaded = load_model(settings.model, device=None)
     tokenizer = loaded.tokenizer
     before = measure(loaded.model, tokenizer, topics, heldout, settings.max_new_tokens)
