@@ -170,3 +170,90 @@ def test_every_method_loss_is_the_same_as_over_the_whole_batch(name, tiny_tokeni
     torch.manual_seed(0)
     whole, _ = method.loss(model, batch, reference, **extra)
     torch.testing.assert_close(cut, whole, rtol=1e-5, atol=1e-5)
+
+
+
+def _row_reads(logits, labels, row):
+    """Row ``row``'s logits at the positions its labels read (``labelled_logits``' output and cut labels)."""
+    return logits[row, :-1][labels[row, 1:] != IGNORE_INDEX]
+
+
+def test_kept_outputs_give_the_models_logits_and_run_each_row_once(tiny_tokenizer, bundled_probes):
+    """A frozen model registered with keep_outputs runs a row the first time it sees it, whatever batch, order or
+    padding the row comes in later; the logits it returns are the ones it would compute."""
+    model = build_tiny_model(tiny_tokenizer).eval()
+    batch = _batch(tiny_tokenizer, bundled_probes, model)
+    ids, mask, labels = batch["retain_input_ids"], batch["retain_attention_mask"], batch["retain_labels"]
+    new = batch["forget_input_ids"][:1], batch["forget_attention_mask"][:1], batch["forget_labels"][:1]
+    rows = len(ids)
+    width = max(ids.shape[1], new[0].shape[1]) + 5
+
+    def padded(tensor, value):
+        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]), value=value)
+
+    # The same rows reversed, padded further, beside a row not seen yet.
+    again = [torch.cat([padded(a.flip(0), value), padded(b, value)])
+             for a, b, value in zip((ids, mask, labels), new, (0, 0, IGNORE_INDEX))]
+    seen = _tokens_seen(model)
+    with torch.no_grad():
+        expected = inference.labelled_logits(model, ids, mask, labels)
+        alone = inference.labelled_logits(model, *new)
+        kept = inference.keep_outputs(model)
+        try:
+            first = inference.labelled_logits(model, ids, mask, labels)
+            calls = len(seen["body"])
+            second = inference.labelled_logits(model, *again)
+            assert len(seen["body"]) == calls + 1 and seen["body"][-1][0] == 1  # one pass, of the new row alone
+            assert kept.computed == rows + 1
+        finally:
+            inference.drop_kept_outputs(model)
+        inference.labelled_logits(model, ids, mask, labels)
+    assert len(seen["body"]) == calls + 2  # dropped: the model runs again
+    for row in range(rows):
+        torch.testing.assert_close(_row_reads(*first, row), _row_reads(*expected, row), rtol=1e-5, atol=1e-5)
+        # read back: exactly the values the first call computed
+        torch.testing.assert_close(_row_reads(*second, rows - 1 - row), _row_reads(*first, row), rtol=0, atol=0)
+    torch.testing.assert_close(_row_reads(*second, rows), _row_reads(*alone, 0), rtol=1e-5, atol=1e-5)
+    assert second[0].shape[:2] == second[1].shape
+
+
+def test_kept_outputs_stop_at_their_budget(tiny_tokenizer, bundled_probes):
+    model = build_tiny_model(tiny_tokenizer).eval()
+    batch = _batch(tiny_tokenizer, bundled_probes, model)
+    args = batch["retain_input_ids"], batch["retain_attention_mask"], batch["retain_labels"]
+    assert inference.keep_outputs(model, budget=0) is None and model not in inference._KEPT
+    kept = inference.keep_outputs(model, budget=1)  # less than one row's logits
+    try:
+        with torch.no_grad():
+            inference.labelled_logits(model, *args)
+            inference.labelled_logits(model, *args)
+    finally:
+        inference.drop_kept_outputs(model)
+    assert kept.computed == 2 * len(args[0]) and kept.values == 0 and not kept.rows
+
+
+def test_a_trainer_keeps_its_frozen_models_outputs_for_its_run_only(tiny_tokenizer, bundled_probes, monkeypatch):
+    """BaseTeacher's base and original model run each distinct row once in a run, and the run trains as it does
+    when they run every row every step."""
+    from obliviate.training.unlearn import unlearn
+
+    created = []
+    keep = inference.keep_outputs
+    monkeypatch.setattr(inference, "keep_outputs", lambda model, budget=None: created.append(keep(model, budget))
+                        or created[-1])
+    forget, retain = bundled_probes["forget"][:3], bundled_probes["retain"][:3]
+    run = plan("BaseTeacher", {"max_steps": "6", "batch_size": "2", "learning_rate": "1e-3"})
+
+    def train():
+        return unlearn(build_tiny_model(tiny_tokenizer), tiny_tokenizer, forget, retain, run, progress=False,
+                       reference_loader=lambda: build_tiny_model(tiny_tokenizer),
+                       base_loader=lambda: build_tiny_model(tiny_tokenizer, seed=1)).model
+
+    kept_run = train()
+    assert [k.computed for k in created] == [3, 3]  # base (forget rows), original (retain rows): 3 rows each
+    assert not inference._KEPT  # dropped with the run
+    monkeypatch.setattr(inference, "KEPT_BUDGET", 0)
+    monkeypatch.setattr(inference, "keep_outputs", keep)
+    plain_run = train()
+    for (name, a), b in zip(kept_run.state_dict().items(), plain_run.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -36,7 +36,17 @@ def labelled_logits(model, input_ids, attention_mask, labels):
       give its padded logits (``_packs``);
     * otherwise the positions before the batch's earliest read position are cut: ``logits_to_keep`` counted from
       the end, or the computed logits sliced for a model whose forward does not take it, and the labels with them.
+
+    A frozen model registered with :func:`keep_outputs` reads each row it has run before from what it kept
+    (:class:`KeptOutputs`) instead of running it again.
     """
+    kept = _KEPT.get(model)
+    if kept is not None:
+        return kept(model, input_ids, attention_mask, labels)
+    return _run_labelled_logits(model, input_ids, attention_mask, labels)
+
+
+def _run_labelled_logits(model, input_ids, attention_mask, labels):
     from obliviate.losses import IGNORE_INDEX
 
     rows, columns = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
@@ -59,6 +69,83 @@ def labelled_logits(model, input_ids, attention_mask, labels):
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start:]
     return logits, labels[:, start:]
+
+
+KEPT_BUDGET = 2 ** 29  # values a frozen model keeps (float32: 2 GiB); 0: nothing is kept
+
+
+class KeptOutputs:
+    """A frozen model's logits at the read positions of every distinct row it has run, each row computed once.
+
+    Methods that distil or regularise towards a frozen model (BaseTeacher's base on the forget rows and original
+    model on the retain rows, AntiExpert's base under its anti-expert's retain rows) run it on the same rows in
+    every pass over the forget and retain sets, and its logits on a row never change: from the second pass on
+    they are read back instead of computed. The same saving as precomputed reference log-probabilities (NPO here,
+    ``precompute_ref_log_probs`` in TRL's DPO), for losses that need the whole distribution at every position.
+
+    A row is its real tokens and the positions read (right-padded batches; any other layout runs as before), so a
+    row gives the same logits whatever batch it comes in and however long that batch's padding is. What is kept
+    lives on the CPU in the logits' dtype, at most ``budget`` values; rows past it are computed on every call. The
+    logits returned are those of ``labelled_logits``: the batch's layout from its first read column, zeros where
+    nothing is read."""
+
+    def __init__(self, budget: int | None = None):
+        self.budget = KEPT_BUDGET if budget is None else budget
+        self.rows: dict[tuple[bytes, bytes], object] = {}
+        self.values = 0  # kept so far
+        self.computed = 0  # rows run through the model (a row past the budget counts each time)
+
+    def __call__(self, model, input_ids, attention_mask, labels):
+        import torch
+
+        from obliviate.losses import IGNORE_INDEX
+
+        reads = labels[:, 1:] != IGNORE_INDEX
+        if not reads.any() or not bool((attention_mask[:, :-1] >= attention_mask[:, 1:]).all()):
+            return _run_labelled_logits(model, input_ids, attention_mask, labels)
+        columns = [row.nonzero()[:, 0] for row in reads]
+        keys = [(input_ids[i, :int(attention_mask[i].sum())].cpu().numpy().tobytes(),
+                 columns[i].cpu().numpy().tobytes()) for i in range(len(input_ids))]
+        found = {key: self.rows[key] for key in keys if key in self.rows}
+        missing = list({key: i for i, key in enumerate(keys) if key not in found}.values())
+        if missing:
+            index = torch.tensor(missing, device=input_ids.device)
+            logits, cut = _run_labelled_logits(model, input_ids[index], attention_mask[index], labels[index])
+            start = labels.shape[1] - cut.shape[1]
+            self.computed += len(missing)
+            for position, i in enumerate(missing):
+                value = logits[position, columns[i] - start].detach()
+                found[keys[i]] = value
+                if self.values + value.numel() <= self.budget:
+                    self.rows[keys[i]] = value.to("cpu", copy=True)
+                    self.values += value.numel()
+        start = int(min(int(c.min()) for c in columns if len(c)))
+        some = next(iter(found.values()))
+        out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - start, some.shape[-1], dtype=some.dtype,
+                          device=input_ids.device)
+        for i, key in enumerate(keys):
+            if len(columns[i]):
+                out[i, columns[i] - start] = found[key].to(input_ids.device)
+        return out, labels[:, start:]
+
+
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # frozen model -> its KeptOutputs
+
+
+def keep_outputs(model, budget: int | None = None) -> KeptOutputs | None:
+    """Have ``labelled_logits`` keep this frozen model's logits per row (:class:`KeptOutputs`) until
+    :func:`drop_kept_outputs`. Only for a model whose weights do not change meanwhile and that runs alone (not
+    sharded: under FSDP or ZeRO-3 every process must run each forward pass together). A budget of 0 keeps
+    nothing; None: ``KEPT_BUDGET``."""
+    budget = KEPT_BUDGET if budget is None else budget
+    if budget <= 0:
+        return None
+    kept = _KEPT[model] = KeptOutputs(budget)
+    return kept
+
+
+def drop_kept_outputs(model) -> None:
+    _KEPT.pop(model, None)
 
 
 def _packed_logits(model, input_ids, attention_mask, rows, columns):

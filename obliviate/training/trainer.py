@@ -27,12 +27,27 @@ class UnlearningTrainer(Trainer):
             self.reference_model = self._prepare_frozen(reference_model)
 
     def _prepare_frozen(self, module):
+        from obliviate.models.inference import keep_outputs
+
         module.eval()
         module.requires_grad_(False)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            # Shard a frozen model the same way as the model being trained.
+            # Shard a frozen model the same way as the model being trained (its passes gather weights from every
+            # process at once, so none may read a row back while another runs it: nothing is kept).
             return self.accelerator.prepare_model(module, evaluation_mode=True)
-        return module.to(self.args.device)
+        module = module.to(self.args.device)
+        keep_outputs(module)  # its logits on a row are computed once for the run (inference.KeptOutputs)
+        return module
+
+    def train(self, *args, **kwargs):
+        from obliviate.models.inference import drop_kept_outputs
+
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for module in (self.base_model, self.reference_model):
+                if module is not None:
+                    drop_kept_outputs(module)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if hasattr(self.reference_model, "engine_model"):  # LoRA's adapters-disabled view: through the wrapper
