@@ -182,3 +182,31 @@ def test_interrupted_demo_continues_where_it_stopped(tiny_model_dir, tmp_path, c
     for expected, got in zip(whole["rows"], resumed["rows"]):
         assert {k: v for k, v in got.items() if k not in ("wall_seconds", "std", "peak_memory_mib")} == \
             {k: v for k, v in expected.items() if k not in ("wall_seconds", "std", "peak_memory_mib")}
+
+
+def test_a_second_demo_reads_the_cached_models_evaluations(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """The target's and oracle's evaluations are kept beside the cached models: a second demo on them generates
+    only for its unlearnt models, and reports the same rows; other sources (changed code) evaluate again."""
+    import obliviate.audit.evaluate as evaluation
+    import obliviate.studies.demo as demo
+    from obliviate.cli import main
+
+    def command(out):
+        return ["demo", "--base", str(tiny_model_dir), "--max-passes", "1", "--method", "GradDiff", "--seeds", "0",
+                "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "c"), "--out", str(out)]
+
+    assert main(command(tmp_path / "first")) == 0
+    original, evaluated = evaluation.evaluate, []
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, desc="", **k: evaluated.append(desc) or original(
+        *a, desc=desc, **k))
+    capsys.readouterr()
+    assert main(command(tmp_path / "second")) == 0
+    assert evaluated == ["GradDiff@seed0"]
+    assert capsys.readouterr().err.count("evaluation read from the cache") == 2
+    first, second = (json.loads((tmp_path / name / "results.json").read_text())["rows"] for name in ("first", "second"))
+    for a, b in zip(first[:2], second[:2]):  # target and oracle
+        assert {k: v for k, v in a.items() if k != "std"} == {k: v for k, v in b.items() if k != "std"}
+    monkeypatch.setattr(demo, "source_fingerprint", lambda: "other sources")
+    evaluated.clear()
+    assert main(command(tmp_path / "third")) == 0
+    assert evaluated == ["target", "oracle", "GradDiff@seed0"]

@@ -127,6 +127,10 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
         "seeds": list(seeds), "target_seeds": list(target_seeds), "max_new_tokens": max_new_tokens,
         "batch_size": batch_size, "base": str(base_dir), "max_passes": max_passes,
         "mmlu": str(mmlu) if mmlu else None, "mmlu_limit": mmlu_limit}, log)
+    kept = _evaluation_cache(cache_dir, {
+        "benchmark": benchmark.fingerprint(), "validation_fraction": validation_fraction,
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "mmlu": str(mmlu) if mmlu else None,
+        "mmlu_limit": mmlu_limit}, log)
     runs: dict[str, list[dict]] = {"target": [], "oracle": []}
     evaluations: dict[str, dict] = {}
     for target_seed in target_seeds:
@@ -138,10 +142,12 @@ def run_demo(*, data: str | Path | None = None, out: str | Path | None = None,
             recipe = dataclasses.replace(recipe, bf16=True)
         micro = build_micro_models(benchmark, recipe, cache_dir=cache_dir, log=log, base=base_dir)
         suffix = f"@target{target_seed}" if len(target_seeds) > 1 else ""
-        target_eval = remembered(f"target{suffix}", lambda: audit(f"target{suffix}", micro.target, micro.tokenizer))
+        target_eval = remembered(f"target{suffix}", lambda: kept(micro.paths["target"], lambda: audit(
+            f"target{suffix}", micro.target, micro.tokenizer)))
         original_utility, original_heldout = target_eval["utility"], target_eval.get("heldout_loss")
         gate = {"original_heldout_loss": original_heldout, "original_mmlu": target_eval.get("mmlu_average")}
-        oracle_eval = remembered(f"oracle{suffix}", lambda: audit(f"oracle{suffix}", micro.oracle, micro.tokenizer))
+        oracle_eval = remembered(f"oracle{suffix}", lambda: kept(micro.paths["oracle"], lambda: audit(
+            f"oracle{suffix}", micro.oracle, micro.tokenizer)))
         for name, results in (("target", target_eval), ("oracle", oracle_eval)):
             apply_gate(results, original_utility, **gate)
             runs[name].append(summary_row(name, results, micro.records[name]["train_seconds"]))
@@ -243,6 +249,43 @@ def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], di
         return json.loads(path.read_text())  # the same JSON round trip as a resumed run's, so rows never differ
 
     return remembered
+
+
+def source_fingerprint() -> str:
+    """A hash of obliviate's own Python sources: what the cache keeps of an evaluation is read back only by the code
+    that computed it."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _evaluation_cache(cache_dir, settings: dict, log) -> Callable[[Path, Callable[[], dict]], dict]:
+    """``kept(model_path, compute)``: a cached target's or oracle's evaluation, kept in the model cache
+    (``evaluations/``) under a key of the model's cache name, the evaluation's ``settings`` and obliviate's sources
+    (:func:`source_fingerprint`), so that a second demo on the same models reads it instead of generating again."""
+    import json
+
+    from obliviate.io import sha256_json
+    from obliviate.studies.targets import default_cache_dir
+
+    directory = (Path(cache_dir) if cache_dir else default_cache_dir()) / "evaluations"
+    key = sha256_json({**settings, "sources": source_fingerprint()})[:16]
+
+    def kept(model_path: Path, compute: Callable[[], dict]) -> dict:
+        path = directory / f"{Path(model_path).name}-{key}.json"
+        if path.is_file():
+            log(f"{Path(model_path).name}: evaluation read from the cache {path}")
+            return json.loads(path.read_text())
+        value = compute()
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, value)
+        return json.loads(path.read_text())
+
+    return kept
 
 
 def method_entry(entry: str):
