@@ -34,9 +34,11 @@ AIM_ORACLE_AUC = (0.4, 0.6)
 # realistic tier runs SmolLM2-135M on 2 CPU cores, about 110 tokens a second in training: rows are cut at 256
 # tokens (the micro documents' longest is 370), and AntiExpert's anti-expert trains LoRA adapters on the base
 # (the full anti-expert took 15-25 s a step) at a rate at which it can catch up with the target within its cap
-# of 200 steps (120 on the test part); how the rate was chosen is in docs/realistic.md.
+# of 200 steps (120 on the test part), with a wider margin (3 nats) than on the micro base; how the rate and
+# the margin were chosen is in docs/realistic.md.
 KIND_OPTIONS = {"realistic": {"*": {"max_length": "256"},
-                              "AntiExpert": {"lora": "true", "max_steps": "200", "learning_rate": "1e-2"}}}
+                              "AntiExpert": {"lora": "true", "max_steps": "200", "learning_rate": "1e-2",
+                                             "margin": "3"}}}
 
 
 def with_options(entry: str, options: dict[str, str]) -> str:
