@@ -232,7 +232,6 @@ def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], di
     """``remembered(label, compute)``: a run's evaluation, computed once. With ``out``, each finished run is kept
     beside it (``.OUT.resume/``, the demo's settings fingerprinted) until the report is written, so a demo that
     was killed and started again with the same command continues where it stopped."""
-    import json
 
     if out is None:
         return lambda label, compute: compute()
@@ -243,14 +242,24 @@ def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], di
 
     def remembered(label: str, compute: Callable[[], dict]) -> dict:
         path = directory / f"{label}.json"
-        if path.is_file():
-            log(f"{label}: finished before the interruption, read from {path}")
-            return json.loads(path.read_text())
-        value = compute()
-        write_json_atomic(path, value)
-        return json.loads(path.read_text())  # the same JSON round trip as a resumed run's, so rows never differ
+        return _computed_once(path, compute, lambda: log(f"{label}: finished before the interruption, read from "
+                                                         f"{path}"))
 
     return remembered
+
+
+def _computed_once(path: Path, compute: Callable[[], dict], found: Callable[[], None]) -> dict:
+    """The JSON at ``path`` if it is there (after ``found()``), else ``compute()``'s value, written there
+    atomically; read back either way, so a value read again and one just computed never differ."""
+    import json
+
+    if path.is_file():
+        found()
+    else:
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, value)
+    return json.loads(path.read_text())
 
 
 def source_fingerprint() -> str:
@@ -269,8 +278,6 @@ def _evaluation_cache(cache_dir, settings: dict, log) -> Callable[[Path, Callabl
     """``kept(model_path, compute)``: a cached target's or oracle's evaluation, kept in the model cache
     (``evaluations/``) under a key of the model's cache name, the evaluation's ``settings`` and obliviate's sources
     (:func:`source_fingerprint`), so that a second demo on the same models reads it instead of generating again."""
-    import json
-
     from obliviate.io import sha256_json
     from obliviate.studies.targets import default_cache_dir
 
@@ -279,13 +286,8 @@ def _evaluation_cache(cache_dir, settings: dict, log) -> Callable[[Path, Callabl
 
     def kept(model_path: Path, compute: Callable[[], dict]) -> dict:
         path = directory / f"{Path(model_path).name}-{key}.json"
-        if path.is_file():
-            log(f"{Path(model_path).name}: evaluation read from the cache {path}")
-            return json.loads(path.read_text())
-        value = compute()
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, value)
-        return json.loads(path.read_text())
+        return _computed_once(path, compute, lambda: log(f"{Path(model_path).name}: evaluation read from the cache "
+                                                         f"{path}"))
 
     return kept
 
