@@ -232,7 +232,6 @@ def _resume_store(out, fingerprint: dict, log) -> Callable[[str, Callable[[], di
     """``remembered(label, compute)``: a run's evaluation, computed once. With ``out``, each finished run is kept
     beside it (``.OUT.resume/``, the demo's settings fingerprinted) until the report is written, so a demo that
     was killed and started again with the same command continues where it stopped."""
-
     if out is None:
         return lambda label, compute: compute()
     from obliviate.training.resume import prepare
