@@ -22,6 +22,7 @@ import time
 
 
 def run_once(method: str, model_dir: str, base_dir: str, test, keep: bool) -> tuple[float, dict, list]:
+    from obliviate.methods import get_method
     from obliviate.models import inference
     from obliviate.models.loading import load_model
     from obliviate.studies.demo import method_entry, with_kind_options
@@ -43,8 +44,6 @@ def run_once(method: str, model_dir: str, base_dir: str, test, keep: bool) -> tu
         seconds = time.perf_counter() - started
     finally:
         inference.keep_outputs, inference.KEPT_BUDGET = keep_outputs, budget
-    from obliviate.methods import get_method
-
     # a wrapper model's weights are the untouched target's: nothing to compare
     wrapper = getattr(get_method(run_plan.method_name), "wrapper_result", False)
     state = {} if wrapper else {name: tensor.detach().clone() for name, tensor in result.model.state_dict().items()
